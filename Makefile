@@ -1,0 +1,56 @@
+# The README's commands. Each target does its own set-up in .venv (created or reused).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# TORCH=cpu (default) installs the CPU build; TORCH=cu128 (or cu126, ...) a CUDA build.
+TORCH ?= cpu
+TORCH_VERSION ?= 2.13.0
+HOST ?= 0.0.0.0
+PORT ?= 8000
+SHARED ?= ../shared/data
+
+ifeq ($(shell uname -s),Darwin)
+TORCH_SPEC := torch==$(TORCH_VERSION)
+else
+TORCH_SPEC := torch==$(TORCH_VERSION)+$(TORCH)
+endif
+
+.PHONY: setup serve test lint train-sentiment train-lm compare bench clean
+
+$(VENV)/.torch-$(TORCH):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, sys; sys.exit(torch.__version__ != '$(TORCH_VERSION)+$(TORCH)')" 2>/dev/null \
+	  || $(PIP) install --extra-index-url https://download.pytorch.org/whl/$(TORCH) "$(TORCH_SPEC)"
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch-$(TORCH) pyproject.toml
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with torch and the package (dev and train extras)
+
+serve: setup  ## serve the models in models/ on :8000
+	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: setup  ## the whole test suite
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check textrnn app training tests bench
+	$(PY) -m mypy
+
+train-sentiment: setup  ## the shipped sentiment classifier (SST-2)
+	$(PY) -m training classify --train $(SHARED)/sst2/train_phrases.tsv --dev $(SHARED)/sst2/dev.tsv \
+	  --label-names negative,positive --cell lstm --bidirectional --pooling max \
+	  --embedding-dim 200 --hidden-size 256 --dropout 0.5 --word-dropout 0.1 \
+	  --epochs 10 --eval-every 500 --patience 6 --seed 1 --out models/sentiment
+
+train-lm: setup  ## the shipped character language model (Tiny Shakespeare)
+	$(PY) -m training lm --text $(SHARED)/tinyshakespeare/input.txt --cell gru \
+	  --num-layers 2 --hidden-size 512 --embedding-dim 64 --dropout 0.2 --bptt 64 --streams 64 \
+	  --lr 3e-3 --max-steps 1800 --eval-every 200 --patience 0 --seed 1 --out models/shakespeare
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

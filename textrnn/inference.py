@@ -1,0 +1,41 @@
+"""Batched forward passes shared by the service and the training reports."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from textrnn.nets import CharLM, RNNClassifier
+
+__all__ = ["classify_logits", "pad_batch", "sequence_logprobs"]
+
+
+def pad_batch(seqs: list[list[int]], device: torch.device | str = "cpu",
+              pad: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-padded ids [B, T] and lengths [B] (every length at least 1)."""
+    lengths = torch.tensor([max(1, len(s)) for s in seqs], dtype=torch.long)
+    ids = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids.to(device), lengths
+
+
+def classify_logits(net: RNNClassifier, seqs: list[list[int]], unk: int = 1) -> Tensor:
+    """Logits [B, C] for token-id lists; an empty list reads as one unknown word."""
+    device = net.head.weight.device
+    ids, lengths = pad_batch([s or [unk] for s in seqs], device)
+    return net(ids, lengths)
+
+
+def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
+    """Sum over each sequence of log p(token_t | tokens_<t) for t >= 1, as a [B] tensor.
+
+    Padding goes after the text, and the net reads left to right, so it never changes a row.
+    """
+    device = net.head.weight.device
+    ids, lengths = pad_batch(seqs, device)
+    logits, _ = net(ids[:, :-1])  # B T-1 V
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]  # B T-1
+    mask = torch.arange(ids.size(1) - 1, device=device)[None, :] < (lengths.to(device) - 1)[:, None]
+    return (logp * mask).sum(1)

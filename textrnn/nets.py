@@ -1,0 +1,192 @@
+"""Recurrent nets for both tasks: `RNNClassifier` and `CharLM`, built from a `NetConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = [
+    "CELLS",
+    "POOLINGS",
+    "TASKS",
+    "CharLM",
+    "NetConfig",
+    "RNNClassifier",
+    "State",
+    "build_net",
+    "count_parameters",
+    "index_state",
+    "concat_states",
+]
+
+CELLS = ("rnn", "lstm", "gru")
+POOLINGS = ("last", "mean", "max", "concat")
+TASKS = ("classification", "generation")
+
+# A recurrent state: h [L*D, B, H] for rnn/gru, (h, c) for lstm.
+State = Tensor | tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild a net; stored as `architecture` in config.json."""
+
+    task: Literal["classification", "generation"]
+    vocab_size: int
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = 128
+    hidden_size: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    pooling: Literal["last", "mean", "max", "concat"] = "max"
+    tie_weights: bool = False
+    num_labels: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task not in TASKS:
+            problems.append(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.cell not in CELLS:
+            problems.append(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.task == "classification" and self.num_labels < 2:
+            problems.append(f"num_labels must be at least 2 for a classifier, got {self.num_labels}")
+        if self.task == "generation" and self.bidirectional:
+            problems.append("a language model cannot be bidirectional")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            problems.append(
+                f"tie_weights needs embedding_dim == hidden_size, got "
+                f"{self.embedding_dim} and {self.hidden_size}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-ready values."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
+        """Build from a dict, refusing unknown keys so a typo never passes silently."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _recurrent(cell: str, input_size: int, hidden: int, layers: int, dropout: float,
+               bidirectional: bool) -> nn.RNNBase:
+    kind = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+    return kind(  # type: ignore[no-any-return]
+        input_size,
+        hidden,
+        num_layers=layers,
+        dropout=dropout if layers > 1 else 0.0,
+        bidirectional=bidirectional,
+        batch_first=True,
+    )
+
+
+class RNNClassifier(nn.Module):
+    """Embedding -> (bi)RNN -> pooling over time -> linear head giving one logit per label."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        directions = 2 if config.bidirectional else 1
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rnn = _recurrent(config.cell, config.embedding_dim, config.hidden_size,
+                              config.num_layers, config.dropout, config.bidirectional)
+        features = config.hidden_size * directions * (3 if config.pooling == "concat" else 1)
+        self.head = nn.Linear(features, config.num_labels)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Logits [B, C] for padded ids [B, T] whose true lengths are `lengths` [B] (all >= 1)."""
+        emb = self.dropout(self.embedding(ids))  # B T E
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out_packed, state = self.rnn(packed)
+        h_n = state[0] if isinstance(state, tuple) else state  # L*D B H
+        directions = 2 if self.config.bidirectional else 1
+        last = h_n[-directions:].transpose(0, 1).reshape(ids.size(0), -1)  # B D*H
+        if self.config.pooling == "last":
+            pooled = last
+        else:
+            out, _ = pad_packed_sequence(out_packed, batch_first=True)  # B T' D*H
+            mask = (torch.arange(out.size(1), device=out.device)[None, :]
+                    < lengths.to(out.device)[:, None]).unsqueeze(-1)  # B T' 1
+            mean = out.masked_fill(~mask, 0.0).sum(1) / lengths.to(out.device)[:, None]
+            peak = out.masked_fill(~mask, float("-inf")).max(1).values
+            pooled = {"mean": mean, "max": peak}.get(self.config.pooling)
+            if pooled is None:
+                pooled = torch.cat([last, mean, peak], dim=-1)  # B 3*D*H
+        return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+
+
+class CharLM(nn.Module):
+    """Embedding -> RNN -> linear over the vocabulary; `step` advances one token at a time."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rnn = _recurrent(config.cell, config.embedding_dim, config.hidden_size,
+                              config.num_layers, config.dropout, False)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Logits [B, T, V] for ids [B, T], and the state after the last token."""
+        emb = self.dropout(self.embedding(ids))  # B T E
+        out, state = self.rnn(emb, state)  # B T H
+        return self.head(self.dropout(out)), state
+
+    def step(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """One token per row: ids [B] -> logits [B, V] and the next state."""
+        logits, state = self.forward(ids[:, None], state)  # B 1 V
+        return logits[:, 0], state
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        """Zeros state for `batch` rows."""
+        shape = (self.config.num_layers, batch, self.config.hidden_size)
+        h = torch.zeros(shape, device=device)
+        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+
+
+def index_state(state: State, rows: Tensor) -> State:
+    """The state of the given batch rows (dim 1), in the order given."""
+    if isinstance(state, tuple):
+        return (state[0].index_select(1, rows), state[1].index_select(1, rows))
+    return state.index_select(1, rows)
+
+
+def concat_states(states: list[State]) -> State:
+    """Join states along the batch dimension."""
+    if isinstance(states[0], tuple):
+        pairs = [s for s in states if isinstance(s, tuple)]
+        return (torch.cat([h for h, _ in pairs], 1), torch.cat([c for _, c in pairs], 1))
+    return torch.cat([s for s in states if isinstance(s, Tensor)], 1)
+
+
+def build_net(config: NetConfig) -> RNNClassifier | CharLM:
+    """The net a config describes, with fresh weights."""
+    return RNNClassifier(config) if config.task == "classification" else CharLM(config)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,1 @@
+"""Offline training of recurrent text models; exports model folders the service loads."""

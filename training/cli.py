@@ -1,0 +1,230 @@
+"""`python -m training classify|lm|evaluate`: train, export and evaluate models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textrnn.artifact import ArtifactError, load_artifact, sha256_file
+from textrnn.nets import CELLS, POOLINGS, CharLM, NetConfig, RNNClassifier, build_net
+from textrnn.tokenization import build_char_tokenizer, build_word_tokenizer, encode_batch
+
+from .classify import ClassifierJob, classification_report, predict
+from .data import DataError, read_examples, read_text
+from .export import export_model
+from .lm import LMJob, stream_loss
+from .train import TrainConfig, fit
+
+__all__ = ["main"]
+
+
+def _common(p: argparse.ArgumentParser, lr: float, batch: int) -> None:
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--work-dir", type=Path, help="checkpoints and logs (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
+    p.add_argument("--cell", choices=CELLS, default="lstm")
+    p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=0, help="steps; 0 = every epoch")
+    p.add_argument("--patience", type=int, default=5, help="evaluations without gain; 0 = off")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("classify", help="train a text classifier")
+    c.add_argument("--train", type=Path, required=True, help=".tsv, .csv or .jsonl")
+    c.add_argument("--dev", type=Path, required=True, help="dev set (model selection)")
+    c.add_argument("--text-column", default="text")
+    c.add_argument("--label-column", default="label")
+    c.add_argument("--labels", help="comma-separated label values (default: those in --train)")
+    c.add_argument("--label-names", help="comma-separated names served for the label values")
+    c.add_argument("--bidirectional", action="store_true")
+    c.add_argument("--pooling", choices=POOLINGS, default="max")
+    c.add_argument("--word-dropout", type=float, default=0.0, help="train-time unknown-word rate")
+    c.add_argument("--min-frequency", type=int, default=1)
+    c.add_argument("--max-vocab", type=int, default=30_000)
+    c.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
+    _common(c, lr=2e-3, batch=64)
+    m = sub.add_parser("lm", help="train a character language model")
+    m.add_argument("--text", type=Path, required=True, help="UTF-8 plain text")
+    m.add_argument("--val-text", type=Path, help="validation text (default: the last part)")
+    m.add_argument("--val-fraction", type=float, default=0.1)
+    m.add_argument("--tie-weights", action="store_true")
+    m.add_argument("--bptt", type=int, default=128, help="characters per backprop window")
+    m.add_argument("--streams", type=int, default=64, help="parallel training streams")
+    _common(m, lr=3e-3, batch=64)
+    e = sub.add_parser("evaluate", help="evaluate a model folder on a data file")
+    e.add_argument("model", type=Path)
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--text-column", default="text")
+    e.add_argument("--label-column", default="label")
+    e.add_argument("--streams", type=int, default=1, help="LM: parallel streams (1 = exact)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON only")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return TrainConfig(**values, progress=not args.no_progress)
+
+
+def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
+                result: Any, hyper: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+        "data_sha256": sha256_file(paths[0]),
+        "command": "python -m training " + shlex.join(sys.argv[1:]),
+        "hyperparameters": asdict(cfg) | hyper,
+        "seed": cfg.seed, "steps": result.steps, "epochs": result.epochs,
+        "wall_time_s": result.wall_time_s, "stopped_because": result.stopped_because,
+        "device": "cpu", "threads": cfg.threads, "torch_version": torch.__version__,
+    }
+
+
+def _classify(args: argparse.Namespace) -> int:
+    values = args.labels.split(",") if args.labels else None
+    train = read_examples(args.train, args.text_column, args.label_column, values)
+    values = values or sorted({ex.label for ex in train})
+    names = args.label_names.split(",") if args.label_names else values
+    if len(names) != len(values):
+        raise SystemExit(f"error: --label-names gives {len(names)} names for {len(values)} labels")
+    dev = read_examples(args.dev, args.text_column, args.label_column, values)
+    tokenizer = build_word_tokenizer([ex.text for ex in train], min_frequency=args.min_frequency,
+                                     max_vocab=args.max_vocab)
+
+    def encode(examples: list[Any]) -> tuple[list[list[int]], list[int]]:
+        ids = encode_batch(tokenizer, [ex.text for ex in examples])
+        return [s[: args.max_length] for s in ids], [values.index(ex.label) for ex in examples]
+
+    net_cfg = NetConfig(task="classification", vocab_size=tokenizer.get_vocab_size(),
+                        cell=args.cell, embedding_dim=args.embedding_dim or 128,
+                        hidden_size=args.hidden_size or 256, num_layers=args.num_layers,
+                        bidirectional=args.bidirectional, dropout=args.dropout,
+                        pooling=args.pooling, num_labels=len(values))
+    cfg = _train_config(args)
+    torch.manual_seed(cfg.seed)
+    net = build_net(net_cfg)
+    assert isinstance(net, RNNClassifier)
+    job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
+                        args.word_dropout)
+    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+    net.load_state_dict(result.best_state)
+    net.eval()
+    with torch.inference_mode():
+        dev_report = job.evaluate()
+    hyper = {"word_dropout": args.word_dropout, "min_frequency": args.min_frequency,
+             "max_vocab": args.max_vocab}
+    extra = {"labels": names, "label_values": values, "max_length": args.max_length,
+             "training": _provenance(args, [args.train, args.dev], cfg, result, hyper),
+             "metrics": {"dev": dev_report}}
+    export_model(args.out, net, tokenizer, extra, result.history, "accuracy")
+    print(f"dev accuracy {dev_report['accuracy']:.4f}, macro F1 {dev_report['macro_f1']:.4f}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _lm(args: argparse.Namespace) -> int:
+    text = read_text(args.text)
+    if args.val_text:
+        train_text, val_text = text, read_text(args.val_text)
+    else:
+        if not 0 < args.val_fraction < 1:
+            raise SystemExit("error: --val-fraction must be between 0 and 1")
+        cut = int(len(text) * (1 - args.val_fraction))
+        train_text, val_text = text[:cut], text[cut:]
+    tokenizer = build_char_tokenizer(train_text)
+    vocab = tokenizer.get_vocab()
+
+    def ids(s: str) -> torch.Tensor:
+        return torch.tensor([vocab.get(ch, 0) for ch in s], dtype=torch.long)
+
+    hidden = args.hidden_size or 512
+    net_cfg = NetConfig(task="generation", vocab_size=tokenizer.get_vocab_size(), cell=args.cell,
+                        embedding_dim=args.embedding_dim or (hidden if args.tie_weights else 64),
+                        hidden_size=hidden, num_layers=args.num_layers, dropout=args.dropout,
+                        tie_weights=args.tie_weights)
+    cfg = _train_config(args)
+    torch.manual_seed(cfg.seed)
+    net = build_net(net_cfg)
+    assert isinstance(net, CharLM)
+    job = LMJob(net, ids(train_text), ids(val_text), args.streams, args.bptt, cfg.seed)
+    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+    net.load_state_dict(result.best_state)
+    net.eval()
+    with torch.inference_mode():
+        loss = stream_loss(net, ids(val_text), streams=1)
+    val = {"loss": loss, "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss),
+           "characters": len(val_text), "read_as": "one stream, state carried"}
+    hyper = {"bptt": args.bptt, "streams": args.streams, "val_fraction": args.val_fraction}
+    paths = [args.text] + ([args.val_text] if args.val_text else [])
+    extra = {"max_length": None,
+             "training": _provenance(args, paths, cfg, result, hyper),
+             "metrics": {"validation": val}}
+    export_model(args.out, net, tokenizer, extra, result.history, "loss")
+    print(f"validation loss {loss:.4f} nats/char ({val['bits_per_char']:.4f} bits); "
+          f"wrote {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.model)
+    report: dict[str, Any]
+    with torch.inference_mode():
+        if isinstance(artifact.net, RNNClassifier):
+            values = artifact.config.get("label_values") or artifact.labels
+            examples = read_examples(args.data, args.text_column, args.label_column, values)
+            max_length = artifact.config.get("max_length") or 10**9
+            seqs = [s[:max_length] for s in
+                    encode_batch(artifact.tokenizer, [ex.text for ex in examples])]
+            pred = predict(artifact.net, seqs).argmax(1).tolist()
+            gold = [values.index(ex.label) for ex in examples]
+            report = classification_report(artifact.labels, gold, pred)
+        else:
+            vocab = artifact.tokenizer.get_vocab()
+            text = read_text(args.data)
+            ids = torch.tensor([vocab.get(ch, 0) for ch in text], dtype=torch.long)
+            loss = stream_loss(artifact.net, ids, streams=args.streams)
+            report = {"loss": loss, "bits_per_char": loss / math.log(2),
+                      "perplexity": math.exp(loss), "characters": len(text)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; bad data or a bad model folder exits 2 with the reason."""
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(getattr(args, "threads", 1))
+    try:
+        return {"classify": _classify, "lm": _lm, "evaluate": _evaluate}[args.command](args)
+    except (DataError, ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,212 @@
+"""The training loop shared by both tasks: AdamW, clipping, warm-up + cosine schedule,
+evaluation, early stopping, best-weights tracking, and checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+__all__ = ["FitResult", "Job", "TrainConfig", "fit"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings common to both tasks (saved into config.json)."""
+
+    seed: int = 0
+    epochs: int = 10
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    eval_every: int = 0  # steps; 0 = once per epoch
+    patience: int = 5  # evaluations without improvement before stopping; 0 = never stop
+    checkpoint_every: int = 200  # steps; 0 = only at evaluations
+    threads: int = 1
+    log_every: int = 20
+    progress: bool = True
+
+
+class Job(Protocol):
+    """What a task supplies to `fit`."""
+
+    net: nn.Module
+    metric: str  # the key of evaluate() used for selection
+    higher_is_better: bool
+
+    def batches(self, epoch: int) -> Sequence[Any]: ...
+    def loss(self, batch: Any) -> tuple[Tensor, int]: ...  # mean loss, items (for speed)
+    def evaluate(self) -> dict[str, Any]: ...
+    def extra_state(self) -> dict[str, Tensor]: ...
+    def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What training produced: the best weights and their evaluation, and the history."""
+
+    best_state: dict[str, Tensor]
+    best_eval: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    epochs: float = 0.0
+    wall_time_s: float = 0.0
+    stopped_because: str = ""
+
+
+def _schedule(cfg: TrainConfig, total: int) -> Any:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _better(job: Job, new: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return new > best if job.higher_is_better else new < best
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> FitResult:
+    """Train `job.net`; checkpoints and the JSONL log go to `work_dir`."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    net = job.net
+    decay = [p for n, p in net.named_parameters() if p.dim() > 1 and "embedding" not in n]
+    no_decay = [p for n, p in net.named_parameters() if not (p.dim() > 1 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    per_epoch = len(job.batches(0))
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
+    log = _Log(work_dir / LOG_FILE)
+    ckpt_path = work_dir / CHECKPOINT_FILE
+
+    step, epoch, start_batch, elapsed_before, bad_evals = 0, 0, 0, 0.0, 0
+    best_metric: float | None = None
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    best_eval: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=True)
+        net.load_state_dict(ck["net"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        job.load_extra_state(ck["extra"])
+        best_state, best_eval, history = ck["best_state"], ck["best_eval"], ck["history"]
+        step, epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
+        best_metric, bad_evals, elapsed_before = ck["best_metric"], ck["bad_evals"], ck["elapsed"]
+    elif work_dir.joinpath(LOG_FILE).exists():
+        work_dir.joinpath(LOG_FILE).unlink()
+
+    started = time.monotonic()
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - started
+
+    def save_checkpoint(next_batch: int, next_epoch: int) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "extra": job.extra_state(), "best_state": best_state, "best_eval": best_eval,
+                    "history": history, "step": step, "epoch": next_epoch, "batch": next_batch,
+                    "best_metric": best_metric, "bad_evals": bad_evals, "elapsed": elapsed(),
+                    "config": asdict(cfg)}, tmp)
+        tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+
+    def run_eval() -> bool:
+        """Evaluate, keep the best weights; True when patience has run out."""
+        nonlocal best_metric, best_state, best_eval, bad_evals
+        net.eval()
+        with torch.inference_mode():
+            result = job.evaluate()
+        net.train()
+        record = {"step": step, "epoch": round(step / per_epoch, 3), "elapsed_s": round(elapsed(), 1),
+                  "eval": result}
+        history.append(record)
+        log.write(record)
+        if _better(job, float(result[job.metric]), best_metric):
+            best_metric, bad_evals = float(result[job.metric]), 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best_eval = dict(result, step=step)
+        else:
+            bad_evals += 1
+        if bar is not None:
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                                                    if isinstance(v, float)))
+        return cfg.patience > 0 and bad_evals >= cfg.patience
+
+    bar = tqdm(total=total, initial=step, disable=not cfg.progress, dynamic_ncols=True,
+               desc="train")
+    stopped = ""
+    net.train()
+    window_loss, window_items, window_start = 0.0, 0, time.monotonic()
+    while not stopped:
+        batches = job.batches(epoch)
+        for index in range(start_batch, len(batches)):
+            loss, items = job.loss(batches[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_loss += loss.item()
+            window_items += items
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                speed = window_items / max(1e-9, time.monotonic() - window_start)
+                record = {"step": step, "epoch": round(step / per_epoch, 3),
+                          "loss": window_loss / cfg.log_every, "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": float(grad_norm), "items_per_s": round(speed, 1),
+                          "elapsed_s": round(elapsed(), 1)}
+                history.append(record)
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", speed=f"{speed:.0f}/s")
+                window_loss, window_items, window_start = 0.0, 0, time.monotonic()
+            end_of_epoch = index == len(batches) - 1
+            due = step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch
+            if step >= total:
+                stopped = "max steps reached" if cfg.max_steps is not None else "epochs done"
+            elif cfg.max_minutes is not None and elapsed() >= cfg.max_minutes * 60:
+                stopped = "time budget spent"
+            if (due or stopped) and run_eval() and not stopped:
+                stopped = "early stop: no improvement"
+            next_batch, next_epoch = (0, epoch + 1) if end_of_epoch else (index + 1, epoch)
+            if stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or due:
+                save_checkpoint(next_batch, next_epoch)
+            if stopped:
+                break
+        epoch, start_batch = epoch + 1, 0
+    bar.close()
+    return FitResult(best_state, best_eval, history, step, round(step / per_epoch, 3),
+                     round(elapsed(), 1), stopped)

@@ -155,6 +155,15 @@ class CharLM(nn.Module):
         out, state = self.rnn(emb, state)  # B T H
         return self.head(self.dropout(out)), state
 
+    def prefill(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, State]:
+        """Read right-padded prompts ids [B, T] of `lengths` [B]; return the logits [B, V] after
+        each row's last token and the state there (padding never reaches a row's state)."""
+        emb = self.embedding(ids)  # B T E
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, state = self.rnn(packed)
+        top = state[0][-1] if isinstance(state, tuple) else state[-1]  # B H
+        return self.head(top), state
+
     def step(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
         """One token per row: ids [B] -> logits [B, V] and the next state."""
         logits, state = self.forward(ids[:, None], state)  # B 1 V

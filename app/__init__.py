@@ -1,0 +1,1 @@
+"""The FastAPI service that serves textrnn model folders over HTTP."""

@@ -1,0 +1,155 @@
+"""Dynamic micro-batching for classification and scoring.
+
+Requests wait in a bounded queue per model. Whenever the inference worker is free, the
+collector takes everything waiting (up to `max_batch_size` texts) and runs it as one batch in
+the model's inference thread. A lone request never waits for company; batches form from the
+requests that arrive while the worker is busy. `max_wait_ms` may hold a batch open a little
+longer to fill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from app.errors import DeadlineExceeded, Overloaded
+from app.metrics import BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT
+
+__all__ = ["BatchEngine"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    items: Sequence[T]
+    future: asyncio.Future[list[R]]
+    enqueued: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")
+
+
+class BatchEngine(Generic[T, R]):
+    """Collects items from concurrent requests into batches for `run_batch`.
+
+    `run_batch(items) -> results` runs in `executor` (one thread per model), one result per
+    item, in order; an exception in it fails only the requests of that batch.
+    """
+
+    def __init__(self, name: str, run_batch: Callable[[list[T]], list[R]],
+                 executor: ThreadPoolExecutor, max_batch_size: int, max_queue: int,
+                 max_wait_ms: float = 0.0, timeout_s: float = 60.0) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_wait_s = max_wait_ms / 1000
+        self.timeout_s = timeout_s
+        self.batches_run = 0
+        self._waiting: deque[_Pending[T, R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the collector on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batch-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the collector; requests still waiting are failed."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._waiting:
+            pending = self._waiting.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Overloaded(f"model '{self.name}' is shutting down"))
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the worker."""
+        return len(self._waiting)
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Queue the items of one request and wait for their results."""
+        if len(self._waiting) >= self.max_queue:
+            raise Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting; retry later")
+        now = time.monotonic()
+        pending: _Pending[T, R] = _Pending(items, asyncio.get_running_loop().create_future(),
+                                           now, now + self.timeout_s)
+        self._waiting.append(pending)
+        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            # The client went away: drop the request if it has not been taken yet.
+            if pending in self._waiting:
+                self._waiting.remove(pending)
+            raise
+
+    def _take(self) -> list[_Pending[T, R]]:
+        taken: list[_Pending[T, R]] = []
+        count = 0
+        now = time.monotonic()
+        while self._waiting:
+            head = self._waiting[0]
+            if taken and count + len(head.items) > self.max_batch_size:
+                break
+            self._waiting.popleft()
+            if head.future.done():
+                continue
+            if now > head.deadline:
+                head.future.set_exception(DeadlineExceeded(
+                    f"request waited {now - head.enqueued:.1f} s, over the "
+                    f"{self.timeout_s:g} s deadline"))
+                continue
+            QUEUE_WAIT.labels(self.name).observe(now - head.enqueued)
+            taken.append(head)
+            count += len(head.items)
+        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        return taken
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.max_wait_s > 0:
+                opened = time.monotonic()
+                while (sum(len(p.items) for p in self._waiting) < self.max_batch_size
+                       and time.monotonic() - opened < self.max_wait_s):
+                    self._wakeup.clear()
+                    remaining = self.max_wait_s - (time.monotonic() - opened)
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, remaining))
+                    except TimeoutError:
+                        break
+            batch = self._take()
+            if not batch:
+                continue
+            items = [item for pending in batch for item in pending.items]
+            BATCH_SIZE.labels(self.name).observe(len(items))
+            self.batches_run += 1
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, items)
+            except Exception as exc:  # a failing batch fails its requests, not the collector
+                log.exception("batch of %d items failed on model %s", len(items), self.name)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            start = 0
+            for pending in batch:
+                end = start + len(pending.items)
+                if not pending.future.done():
+                    pending.future.set_result(results[start:end])
+                start = end

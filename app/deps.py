@@ -1,0 +1,41 @@
+"""Dependencies shared by the routes, as typed `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.errors import InvalidInput
+from app.registry import Registry
+from app.settings import Settings
+
+__all__ = ["RegistryDep", "SettingsDep", "check_texts"]
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def check_texts(inputs: str | list[str], settings: Settings, field: str = "inputs") -> list[str]:
+    """The texts of a request as a list, within the configured count and length limits."""
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not texts:
+        raise InvalidInput(f"{field} must hold at least one text")
+    if len(texts) > settings.max_inputs:
+        raise InvalidInput(f"{field} holds {len(texts)} texts; the limit is {settings.max_inputs} "
+                           "(RNN_MAX_INPUTS)")
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_input_chars:
+            where = field if isinstance(inputs, str) else f"{field}[{i}]"
+            raise InvalidInput(f"{where} has {len(text)} characters; the limit is "
+                               f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+    return texts

@@ -1,0 +1,280 @@
+"""Continuous batching for generation.
+
+One scheduler thread per language model holds every active sequence's recurrent state.
+Each turn of its loop prefills newly admitted prompts together (packed, so each row's state
+is taken after its own last character), then advances every active sequence by one token in
+a single batched cell step, samples each row with its own parameters and seed, streams the
+tokens out, and drops the rows that finished, were cancelled or whose client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+import torch
+from torch import Tensor
+
+from app.errors import DeadlineExceeded, Overloaded
+from app.metrics import (
+    ACTIVE_SEQUENCES,
+    BATCH_SIZE,
+    GENERATED_TOKENS,
+    QUEUE_DEPTH,
+    QUEUE_WAIT,
+    TIME_TO_FIRST_TOKEN,
+)
+from textrnn.artifact import Artifact
+from textrnn.inference import pad_batch
+from textrnn.nets import CharLM, State, concat_states, index_state
+from textrnn.sampling import RowParams, choose_tokens
+
+__all__ = ["GenerationJob", "GenerationScheduler", "TokenEvent"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenEvent:
+    """One generated token, or the end of a sequence (`finish_reason` set)."""
+
+    index: int
+    id: int
+    text: str
+    logprob: float
+    finish_reason: str | None = None
+
+
+@dataclass
+class GenerationJob:
+    """One request's prompt and parameters, and the channel its tokens come back on."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    seed: int
+    stop: list[str]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    enqueued: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")
+    # Written by the scheduler thread only:
+    generated: int = 0
+    text: str = ""
+
+    def cancel(self) -> None:
+        """Ask the scheduler to drop this sequence at its next step."""
+        self.cancelled = True
+
+    def _emit(self, event: TokenEvent | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class _Batch:
+    """The running batch: jobs, their state, last tokens, seen-token masks and parameters."""
+
+    def __init__(self) -> None:
+        self.jobs: list[GenerationJob] = []
+        self.state: State | None = None
+        self.last: Tensor = torch.empty(0, dtype=torch.long)  # B
+        self.seen: Tensor | None = None  # B V
+        self.params: RowParams | None = None
+
+    def add(self, jobs: list[GenerationJob], state: State, last: Tensor, seen: Tensor,
+            params: RowParams) -> None:
+        if not self.jobs:
+            self.jobs, self.state, self.last, self.seen, self.params = jobs, state, last, seen, params
+            return
+        assert self.state is not None and self.seen is not None and self.params is not None
+        self.jobs = self.jobs + jobs
+        self.state = concat_states([self.state, state])
+        self.last = torch.cat([self.last, last])
+        self.seen = torch.cat([self.seen, seen])
+        self.params = RowParams(*(torch.cat([a, b]) for a, b in
+                                  zip(vars(self.params).values(), vars(params).values(), strict=True)))
+
+    def keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self.jobs):
+            return
+        if not rows:
+            self.__init__()  # type: ignore[misc]
+            return
+        assert self.state is not None and self.seen is not None and self.params is not None
+        index = torch.tensor(rows, dtype=torch.long, device=self.last.device)
+        self.jobs = [self.jobs[i] for i in rows]
+        self.state = index_state(self.state, index)
+        self.last = self.last.index_select(0, index)
+        self.seen = self.seen.index_select(0, index)
+        self.params = self.params.rows(index)
+
+
+class GenerationScheduler:
+    """Runs continuous batching for one language model in a thread of its own."""
+
+    def __init__(self, artifact: Artifact, device: torch.device, max_active: int,
+                 max_queue: int, timeout_s: float = 60.0) -> None:
+        assert isinstance(artifact.net, CharLM)
+        self.name = artifact.name
+        self.net: CharLM = artifact.net
+        self.device = device
+        self.max_active = max_active
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        vocab = artifact.tokenizer.get_vocab()
+        self.unk = vocab.get("<unk>", 0)
+        self.vocab_size = artifact.net_config.vocab_size
+        self.texts = [""] * self.vocab_size
+        for token, i in vocab.items():
+            self.texts[i] = token
+        self.steps_run = 0
+        self._inbox: queue.Queue[GenerationJob | None] = queue.Queue()
+        self._batch = _Batch()
+        self._thread = threading.Thread(target=self._run, name=f"generate-{self.name}", daemon=True)
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start the scheduler thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after the current step; unfinished jobs get an error."""
+        self._stopping = True
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    @property
+    def active(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._batch.jobs)
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job (from the event loop); raises `Overloaded` when the queue is full."""
+        if self._inbox.qsize() >= self.max_queue:
+            raise Overloaded(f"model '{self.name}' has {self.max_queue} generations waiting; "
+                             "retry later")
+        job.deadline = job.enqueued + self.timeout_s
+        self._inbox.put(job)
+        QUEUE_DEPTH.labels(self.name).set(self._inbox.qsize())
+
+    # The rest runs in the scheduler thread.
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._stopping:
+                try:
+                    self._turn()
+                except Exception as exc:  # fail the running batch, keep serving
+                    log.exception("generation step failed on model %s", self.name)
+                    for job in self._batch.jobs:
+                        job._emit(exc)
+                    self._batch = _Batch()
+        for job in self._batch.jobs:
+            job._emit(Overloaded(f"model '{self.name}' is shutting down"))
+
+    def _admit(self) -> list[GenerationJob]:
+        jobs: list[GenerationJob] = []
+        block = not self._batch.jobs
+        while len(self._batch.jobs) + len(jobs) < self.max_active:
+            try:
+                job = self._inbox.get(block=block and not jobs)
+            except queue.Empty:
+                break
+            if job is None:
+                self._stopping = True
+                break
+            now = time.monotonic()
+            if job.cancelled:
+                continue
+            if now > job.deadline:
+                job._emit(DeadlineExceeded(f"request waited {now - job.enqueued:.1f} s, over "
+                                           f"the {self.timeout_s:g} s deadline"))
+                continue
+            QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
+            jobs.append(job)
+        QUEUE_DEPTH.labels(self.name).set(self._inbox.qsize())
+        return jobs
+
+    def _turn(self) -> None:
+        new = self._admit()
+        if new:
+            self._prefill(new)
+        if self._batch.jobs:
+            self._step()
+        ACTIVE_SEQUENCES.labels(self.name).set(len(self._batch.jobs))
+
+    def _prefill(self, jobs: list[GenerationJob]) -> None:
+        ids, lengths = pad_batch([j.prompt_ids for j in jobs], self.device)  # B T
+        logits, state = self.net.prefill(ids, lengths)  # B V
+        params = RowParams(
+            torch.tensor([j.temperature for j in jobs], device=self.device),
+            torch.tensor([j.top_k for j in jobs], dtype=torch.long, device=self.device),
+            torch.tensor([j.top_p for j in jobs], device=self.device),
+            torch.tensor([j.repetition_penalty for j in jobs], device=self.device),
+            torch.tensor([j.seed for j in jobs], dtype=torch.long, device=self.device),
+        )
+        seen = torch.zeros(len(jobs), self.vocab_size, dtype=torch.bool, device=self.device)
+        for row, job in enumerate(jobs):
+            seen[row, job.prompt_ids] = True
+        first = time.monotonic()
+        for job in jobs:
+            TIME_TO_FIRST_TOKEN.labels(self.name).observe(first - job.enqueued)
+        placeholder = torch.zeros(len(jobs), dtype=torch.long, device=self.device)
+        start = len(self._batch.jobs)
+        self._batch.add(jobs, state, placeholder, seen, params)
+        self._emit_tokens(logits, range(start, start + len(jobs)))
+
+    def _step(self) -> None:
+        batch = self._batch
+        logits, batch.state = self.net.step(batch.last, batch.state)  # B V
+        BATCH_SIZE.labels(self.name).observe(len(batch.jobs))
+        self.steps_run += 1
+        self._emit_tokens(logits, range(len(batch.jobs)))
+
+    def _emit_tokens(self, logits: Tensor, rows: range) -> None:
+        """Sample the given rows of the batch from `logits` (one row each), emit, retire."""
+        batch = self._batch
+        assert batch.params is not None and batch.seen is not None
+        index = torch.arange(rows.start, rows.stop, device=self.device)
+        params = batch.params.rows(index) if len(rows) != len(batch.jobs) else batch.params
+        steps = torch.tensor([batch.jobs[r].generated for r in rows], dtype=torch.long,
+                             device=self.device)
+        seen = batch.seen[rows.start:rows.stop]
+        ids, logprobs = choose_tokens(logits, params, steps, seen, banned=self.unk)
+        seen[torch.arange(len(rows), device=self.device), ids] = True
+        batch.last[rows.start:rows.stop] = ids
+        GENERATED_TOKENS.labels(self.name).inc(len(rows))
+        keep = list(range(rows.start)) if rows.start else []
+        for r, token, logprob in zip(rows, ids.tolist(), logprobs.tolist(), strict=True):
+            job = batch.jobs[r]
+            text = self.texts[token]
+            job.text += text
+            job.generated += 1
+            reason = _finish_reason(job)
+            job._emit(TokenEvent(job.generated - 1, token, text, logprob, reason))
+            if reason is None:
+                keep.append(r)
+        keep += list(range(rows.stop, len(batch.jobs)))
+        batch.keep(keep)
+
+
+def _finish_reason(job: GenerationJob) -> str | None:
+    if job.cancelled:
+        return "cancelled"
+    tail = job.text[-max((len(s) for s in job.stop), default=0) - 1:]
+    if any(tail.endswith(s) for s in job.stop):
+        return "stop_sequence"
+    if job.generated >= job.max_new_tokens:
+        return "length"
+    return None
+
+
+def default_seed() -> int:
+    """A fresh random seed for a request that gave none."""
+    return int(torch.randint(0, 2**62, (1,)).item())

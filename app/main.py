@@ -1,0 +1,61 @@
+"""The FastAPI application: `create_app(settings)` and the module-level `app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.errors import install_error_handlers
+from app.registry import Registry, resolve_device
+from app.routes import classify, generate, health, models, score
+from app.settings import Settings
+
+__all__ = ["app", "create_app"]
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; settings default to those of the environment."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.threads)
+        registry = Registry(settings, resolve_device(settings.device))
+        app.state.registry = registry
+        # Loading runs in a thread so /health/live answers while models load.
+        await asyncio.to_thread(registry.load_all)
+        registry.start()
+        app.state.loaded = True
+        log.info("ready: %s; failed: %s", [e.name for e in registry.ready()],
+                 [e.name for e in registry.failed()])
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            await registry.stop()
+
+    app = FastAPI(title="textrnn", version="0.1.0", lifespan=lifespan,
+                  description="Recurrent text models (RNN, LSTM, GRU): sentiment classification, "
+                              "character-level generation and scoring, with batching.")
+    app.state.settings = settings
+    app.state.registry = Registry(settings, torch.device("cpu"))
+    app.state.loaded = False
+    app.state.draining = False
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    for module in (classify, generate, score, models, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

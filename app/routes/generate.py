@@ -1,0 +1,119 @@
+"""POST /generate and POST /generate_stream (TGI's shapes), served by continuous batching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from app.deps import RegistryDep, SettingsDep
+from app.errors import InvalidInput
+from app.generation import GenerationJob, TokenEvent, default_seed
+from app.registry import ModelEntry, Registry
+from app.schemas import GenerateDetails, GenerateRequest, GenerateResponse, StreamResponse, Token
+from app.settings import Settings
+
+router = APIRouter(tags=["inference"])
+
+_STREAM_DOC = {200: {"content": {"text/event-stream": {}},
+                     "description": "With `stream: true`: one `data:` event per token."}}
+
+
+def _start(body: GenerateRequest, registry: Registry, settings: Settings
+           ) -> tuple[ModelEntry, GenerationJob]:
+    params = body.parameters
+    if len(body.inputs) > settings.max_input_chars:
+        raise InvalidInput(f"inputs has {len(body.inputs)} characters; the limit is "
+                           f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+    if params.max_new_tokens > settings.max_new_tokens:
+        raise InvalidInput(f"parameters.max_new_tokens is {params.max_new_tokens}; the limit is "
+                           f"{settings.max_new_tokens} (RNN_MAX_NEW_TOKENS)")
+    entry = registry.get(body.model, "generate")
+    assert entry.generator is not None and entry.artifact is not None
+    temperature, top_k, top_p, penalty = params.sampling()
+    job = GenerationJob(
+        prompt_ids=entry.artifact.tokenizer.encode(body.inputs, add_special_tokens=False).ids,
+        max_new_tokens=params.max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=penalty, seed=params.seed if params.seed is not None else default_seed(),
+        stop=params.stop, loop=asyncio.get_running_loop())
+    entry.generator.submit(job)
+    return entry, job
+
+
+async def _next(job: GenerationJob) -> TokenEvent:
+    event = await job.events.get()
+    if isinstance(event, BaseException):
+        raise event
+    return event
+
+
+def _token(event: TokenEvent) -> Token:
+    return Token(id=event.id, text=event.text, logprob=event.logprob)
+
+
+async def _collect(job: GenerationJob, details: bool) -> GenerateResponse:
+    tokens: list[Token] = []
+    while True:
+        event = await _next(job)
+        tokens.append(_token(event))
+        if event.finish_reason is not None:
+            break
+    info = GenerateDetails(finish_reason=event.finish_reason,  # type: ignore[arg-type]
+                           generated_tokens=len(tokens), seed=job.seed, tokens=tokens)
+    return GenerateResponse(generated_text="".join(t.text for t in tokens),
+                            details=info if details else None)
+
+
+async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
+    text: list[str] = []
+    event = first
+    try:
+        while True:
+            text.append(event.text)
+            out = StreamResponse(index=event.index, token=_token(event))
+            if event.finish_reason is not None:
+                out.generated_text = "".join(text)
+                out.details = GenerateDetails(finish_reason=event.finish_reason,  # type: ignore[arg-type]
+                                              generated_tokens=len(text), seed=job.seed)
+                yield f"data: {out.model_dump_json()}\n\n"
+                return
+            yield f"data: {out.model_dump_json()}\n\n"
+            event = await _next(job)
+    except Exception as exc:  # tell the client in-band, as TGI does
+        yield f"data: {json.dumps({'error': str(exc), 'error_type': type(exc).__name__})}\n\n"
+    finally:
+        job.cancel()  # a client that left is dropped at the next step
+
+
+async def _respond(body: GenerateRequest, registry: Registry, settings: Settings,
+                   response: Response, stream: bool) -> Response | GenerateResponse:
+    entry, job = _start(body, registry, settings)
+    try:
+        if not stream:
+            response.headers["X-Model"] = entry.version
+            return await _collect(job, body.parameters.details)
+        first = await _next(job)  # errors before the first token keep their HTTP status
+    except BaseException:
+        job.cancel()
+        raise
+    return StreamingResponse(_stream(job, first), media_type="text/event-stream",
+                             headers={"X-Model": entry.version, "Cache-Control": "no-cache"})
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=_STREAM_DOC)
+async def generate(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
+                   response: Response) -> Response | GenerateResponse:
+    """Continue the prompt; `stream: true` answers as /generate_stream does."""
+    return await _respond(body, registry, settings, response, body.stream)
+
+
+@router.post("/generate_stream", responses=_STREAM_DOC)
+async def generate_stream(body: GenerateRequest, registry: RegistryDep,
+                          settings: SettingsDep, response: Response) -> Response:
+    """Continue the prompt, one server-sent event per token; the last carries the text."""
+    result = await _respond(body, registry, settings, response, True)
+    assert isinstance(result, Response)
+    return result

@@ -1,0 +1,22 @@
+"""POST /score."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.deps import RegistryDep, SettingsDep, check_texts
+from app.schemas import ScoreRequest, ScoreResult
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/score", response_model=list[ScoreResult])
+async def score(body: ScoreRequest, registry: RegistryDep, settings: SettingsDep,
+                response: Response) -> list[ScoreResult]:
+    """Log-probability, perplexity and bits per character of each text under a language model."""
+    texts = check_texts(body.inputs, settings)
+    entry = registry.get(body.model, "score")
+    assert entry.score is not None
+    results = await entry.score.submit(texts)
+    response.headers["X-Model"] = entry.version
+    return [ScoreResult(**r) for r in results]

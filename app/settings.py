@@ -1,0 +1,54 @@
+"""Service settings, read from `RNN_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `RNN_<NAME>` in the environment overrides the default."""
+
+    model_config = SettingsConfigDict(env_prefix="RNN_", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="Folder whose sub-folders are models.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: int = Field(1, ge=1, le=256, description="Torch threads per inference worker.")
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass.")
+    max_wait_ms: float = Field(0.0, ge=0, le=10_000,
+                               description="Extra wait for a fuller batch (0: none).")
+    max_queue: int = Field(1024, ge=1, description="Waiting requests per model before 503.")
+    max_active_sequences: int = Field(64, ge=1, le=4096,
+                                      description="Sequences generated together per model.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline for a request's wait.")
+    max_inputs: int = Field(64, ge=1, description="Texts per request.")
+    max_input_chars: int = Field(4000, ge=1, description="Characters per text.")
+    max_new_tokens: int = Field(1024, ge=1, description="Largest max_new_tokens accepted.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys; empty: no auth.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated allowed CORS origins.")
+    default_classifier: str | None = Field(None, description="Model for /classify by default.")
+    default_generator: str | None = Field(None, description="Model for /generate by default.")
+    log_format: Literal["text", "json"] = Field("text", description="text or json.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N")

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from app.errors import DeadlineExceeded, Overloaded
 from app.metrics import BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT

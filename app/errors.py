@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -25,7 +26,7 @@ class ServiceError(Exception):
     """Base of the errors a client can cause or meet; each carries its HTTP status."""
 
     status_code = 400
-    headers: dict[str, str] | None = None
+    headers: ClassVar[dict[str, str] | None] = None
 
 
 class InvalidInput(ServiceError):
@@ -50,14 +51,14 @@ class ModelNotReady(ServiceError):
     """The model failed to load, or the service is not ready."""
 
     status_code = 503
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
 class Overloaded(ServiceError):
     """The model's queue is full."""
 
     status_code = 503
-    headers = {"Retry-After": "1"}
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
 
 
 class DeadlineExceeded(ServiceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
             for split, values in metrics.items() if isinstance(values, dict)}
 
 
-def _classify_batch(artifact: Artifact, threads: int) -> Any:
+def _classify_batch(artifact: Artifact) -> Callable[[list[str]], list[list[float]]]:
     net = artifact.net
     assert isinstance(net, RNNClassifier)
     max_length = artifact.config.get("max_length") or 10**9
@@ -91,11 +92,12 @@ def _classify_batch(artifact: Artifact, threads: int) -> Any:
         with torch.inference_mode():
             seqs = [s[:max_length] for s in encode_batch(artifact.tokenizer, texts)]
             probs = torch.softmax(classify_logits(net, seqs).float(), dim=-1)  # B C
-            return probs.cpu().tolist()  # type: ignore[no-any-return]
+            result: list[list[float]] = probs.cpu().tolist()
+            return result
     return run
 
 
-def _score_batch(artifact: Artifact, threads: int) -> Any:
+def _score_batch(artifact: Artifact) -> Callable[[list[str]], list[dict[str, Any]]]:
     net = artifact.net
     assert isinstance(net, CharLM)
 
@@ -149,9 +151,9 @@ class Registry:
     def _warm_up(self, artifact: Artifact) -> None:
         with torch.inference_mode():
             if isinstance(artifact.net, RNNClassifier):
-                _classify_batch(artifact, self.settings.threads)(["warm up", "a b c"])
+                _classify_batch(artifact)(["warm up", "a b c"])
             else:
-                _score_batch(artifact, self.settings.threads)(["warm up", "abc"])
+                _score_batch(artifact)(["warm up", "abc"])
                 net = artifact.net
                 net.step(torch.zeros(2, dtype=torch.long, device=self.device),
                          net.initial_state(2, self.device))
@@ -163,16 +165,15 @@ class Registry:
             if entry.status != "ready" or entry.artifact is None:
                 continue
             entry.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{entry.name}")
-            common = {"executor": entry.executor, "max_batch_size": s.max_batch_size,
-                      "max_queue": s.max_queue, "max_wait_ms": s.max_wait_ms,
-                      "timeout_s": s.request_timeout_s}
             if entry.artifact.task == "classification":
-                entry.classify = BatchEngine(entry.name, _classify_batch(entry.artifact, s.threads),
-                                             **common)
+                entry.classify = BatchEngine(entry.name, _classify_batch(entry.artifact),
+                                             entry.executor, s.max_batch_size, s.max_queue,
+                                             s.max_wait_ms, s.request_timeout_s)
                 entry.classify.start()
             else:
-                entry.score = BatchEngine(entry.name, _score_batch(entry.artifact, s.threads),
-                                          **common)
+                entry.score = BatchEngine(entry.name, _score_batch(entry.artifact), entry.executor,
+                                          s.max_batch_size, s.max_queue, s.max_wait_ms,
+                                          s.request_timeout_s)
                 entry.score.start()
                 entry.generator = GenerationScheduler(entry.artifact, self.device,
                                                       s.max_active_sequences, s.max_queue,

@@ -25,7 +25,8 @@ def classify_logits(net: RNNClassifier, seqs: list[list[int]], unk: int = 1) -> 
     """Logits [B, C] for token-id lists; an empty list reads as one unknown word."""
     device = net.head.weight.device
     ids, lengths = pad_batch([s or [unk] for s in seqs], device)
-    return net(ids, lengths)
+    logits: Tensor = net(ids, lengths)
+    return logits
 
 
 def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
@@ -35,6 +36,8 @@ def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
     """
     device = net.head.weight.device
     ids, lengths = pad_batch(seqs, device)
+    if ids.size(1) < 2:
+        return torch.zeros(len(seqs), device=device)
     logits, _ = net(ids[:, :-1])  # B T-1 V
     logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]  # B T-1
     mask = torch.arange(ids.size(1) - 1, device=device)[None, :] < (lengths.to(device) - 1)[:, None]

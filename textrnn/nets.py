@@ -18,9 +18,9 @@ __all__ = [
     "RNNClassifier",
     "State",
     "build_net",
+    "concat_states",
     "count_parameters",
     "index_state",
-    "concat_states",
 ]
 
 CELLS = ("rnn", "lstm", "gru")

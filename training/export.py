@@ -9,11 +9,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a server
-import matplotlib.pyplot as plt  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
+import matplotlib.pyplot as plt
+from tokenizers import Tokenizer
 
-from textrnn.artifact import save_artifact  # noqa: E402
-from textrnn.nets import CharLM, RNNClassifier  # noqa: E402
+from textrnn.artifact import save_artifact
+from textrnn.nets import CharLM, RNNClassifier
 
 __all__ = ["export_model", "plot_curves", "write_model_card"]
 

@@ -46,9 +46,11 @@ class TrainConfig:
 class Job(Protocol):
     """What a task supplies to `fit`."""
 
-    net: nn.Module
     metric: str  # the key of evaluate() used for selection
     higher_is_better: bool
+
+    @property
+    def net(self) -> nn.Module: ...
 
     def batches(self, epoch: int) -> Sequence[Any]: ...
     def loss(self, batch: Any) -> tuple[Tensor, int]: ...  # mean loss, items (for speed)
@@ -175,7 +177,7 @@ def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> Fit
         for index in range(start_batch, len(batches)):
             loss, items = job.loss(batches[index])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
             optimizer.step()
             scheduler.step()

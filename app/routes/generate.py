@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
@@ -18,7 +19,7 @@ from app.settings import Settings
 
 router = APIRouter(tags=["inference"])
 
-_STREAM_DOC = {200: {"content": {"text/event-stream": {}},
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}},
                      "description": "With `stream: true`: one `data:` event per token."}}
 
 
@@ -61,7 +62,7 @@ async def _collect(job: GenerationJob, details: bool) -> GenerateResponse:
         tokens.append(_token(event))
         if event.finish_reason is not None:
             break
-    info = GenerateDetails(finish_reason=event.finish_reason,  # type: ignore[arg-type]
+    info = GenerateDetails(finish_reason=event.finish_reason,
                            generated_tokens=len(tokens), seed=job.seed, tokens=tokens)
     return GenerateResponse(generated_text="".join(t.text for t in tokens),
                             details=info if details else None)
@@ -76,7 +77,7 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
             out = StreamResponse(index=event.index, token=_token(event))
             if event.finish_reason is not None:
                 out.generated_text = "".join(text)
-                out.details = GenerateDetails(finish_reason=event.finish_reason,  # type: ignore[arg-type]
+                out.details = GenerateDetails(finish_reason=event.finish_reason,
                                               generated_tokens=len(text), seed=job.seed)
                 yield f"data: {out.model_dump_json()}\n\n"
                 return

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+def test_health_and_models_list_the_broken_folder(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert "sha256" in ready.json()["failed"]["broken"]
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["broken"]["status"] == "failed" and "sha256" in models["broken"]["reason"]
+    assert models["sentiment"]["status"] == "ready"
+    assert models["sentiment"]["labels"] == ["negative", "positive"]
+    assert models["sentiment"]["metrics"]["dev"]["accuracy"] > 0.9
+    assert models["shakespeare"]["task"] == "generation" and models["shakespeare"]["parameters"] > 0
+    assert client.get("/models/sentiment").json()["sha256"] == models["sentiment"]["sha256"]
+    r = client.get("/models/nope")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "model 'nope' not found; available: broken, sentiment, shakespeare"
+
+
+def test_classify_answers_each_input_in_order_with_sorted_labels(client: TestClient) -> None:
+    r = client.post("/classify", json={"inputs": ["a great and moving film", "dull , boring plot"]})
+    assert r.status_code == 200
+    assert r.headers["x-model"].startswith("sentiment@")
+    first, second = r.json()
+    assert first[0]["label"] == "positive" and second[0]["label"] == "negative"
+    assert first[0]["score"] >= first[1]["score"]
+    assert sum(x["score"] for x in first) == pytest.approx(1.0, abs=1e-5)
+    one = client.post("/classify", json={"inputs": "a great film", "parameters": {"top_k": 1}})
+    assert len(one.json()) == 1 and len(one.json()[0]) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    ({"inputs": ["x"] * 9}, 422, "limit is 8 (RNN_MAX_INPUTS)"),
+    ({"inputs": "x" * 201}, 422, "inputs has 201 characters; the limit is 200"),
+    ({"inputs": ["ok", "x" * 201]}, 422, "inputs[1] has 201 characters"),
+    ({"inputs": []}, 422, "at least one text"),
+    ({"inputs": "x", "model": "nope"}, 404, "model 'nope' not found; available:"),
+    ({"inputs": "x", "model": "shakespeare"}, 422, "needs a classification model"),
+    ({"inputs": "x", "model": "broken"}, 503, "model 'broken' is failed"),
+    ({"inputs": "x", "model": "../etc"}, 422, "model"),
+    ({"inputs": "x", "parameters": {"top_k": 0}}, 422, "top_k"),
+    ({"text": "x"}, 422, "inputs"),
+])
+def test_classify_refuses_bad_requests_by_name(client: TestClient, body: dict[str, object],
+                                               status: int, needle: str) -> None:
+    r = client.post("/classify", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_generate_is_deterministic_for_a_seed(client: TestClient) -> None:
+    body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 40, "temperature": 0.9,
+                                               "top_k": 20, "seed": 5, "details": True}}
+    a, b = client.post("/generate", json=body).json(), client.post("/generate", json=body).json()
+    assert a == b
+    assert a["details"]["finish_reason"] == "length" and a["details"]["generated_tokens"] == 40
+    assert a["details"]["seed"] == 5 and len(a["details"]["tokens"]) == 40
+    assert "".join(t["text"] for t in a["details"]["tokens"]) == a["generated_text"]
+    other = client.post("/generate", json=body | {"parameters": body["parameters"] | {"seed": 6}})  # type: ignore[operator]
+    assert other.json()["generated_text"] != a["generated_text"]
+
+
+def test_generate_without_seed_echoes_the_one_it_drew(client: TestClient) -> None:
+    body = {"inputs": "JULIET:", "parameters": {"max_new_tokens": 20, "do_sample": True,
+                                                "details": True}}
+    first = client.post("/generate", json=body).json()
+    seed = first["details"]["seed"]
+    again = client.post("/generate", json=body | {"parameters": body["parameters"] | {"seed": seed}})  # type: ignore[operator]
+    assert again.json()["generated_text"] == first["generated_text"]
+
+
+def test_greedy_generation_ends_at_the_first_stop_sequence(client: TestClient) -> None:
+    prompt = {"inputs": "ROMEO:\nBut soft, what light"}
+    free = client.post("/generate", json=prompt | {"parameters": {"max_new_tokens": 30}}).json()
+    text = free["generated_text"]
+    assert len(text) == 30
+    stop = text[10:13]
+    r = client.post("/generate", json=prompt | {"parameters": {
+        "max_new_tokens": 30, "stop": ["never-there", stop], "details": True}})
+    out = r.json()
+    assert out["generated_text"] == text[: text.index(stop) + len(stop)]
+    assert out["details"]["finish_reason"] == "stop_sequence"
+    assert out["details"]["generated_tokens"] == len(out["generated_text"])
+
+
+@pytest.mark.parametrize(("parameters", "needle"), [
+    ({"max_new_tokens": 301}, "limit is 300 (RNN_MAX_NEW_TOKENS)"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"best_of": 2}, "best_of is not supported"),
+    ({"watermark": True}, "watermark is not supported"),
+    ({"stop": [""]}, "stop sequence"),
+    ({"unknown_thing": 1}, "unknown_thing"),
+])
+def test_generate_refuses_bad_parameters_by_name(client: TestClient, parameters: dict[str, object],
+                                                 needle: str) -> None:
+    r = client.post("/generate", json={"inputs": "ROMEO:", "parameters": parameters})
+    assert r.status_code == 422 and needle in r.text
+
+
+def test_tgi_neutral_values_are_accepted(client: TestClient) -> None:
+    r = client.post("/generate", json={"inputs": "ROMEO:", "stream": False, "parameters": {
+        "max_new_tokens": 3, "best_of": 1, "watermark": False, "decoder_input_details": False,
+        "return_full_text": False, "top_n_tokens": None, "typical_p": None, "truncate": None}})
+    assert r.status_code == 200 and len(r.json()["generated_text"]) == 3
+
+
+def test_stream_sends_one_event_per_token_then_the_text(client: TestClient) -> None:
+    body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 12, "seed": 1, "temperature": 0.7}}
+    with client.stream("POST", "/generate_stream", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+    assert [e["index"] for e in events] == list(range(12))
+    assert all(e["generated_text"] is None for e in events[:-1])
+    whole = client.post("/generate", json=body).json()["generated_text"]
+    assert events[-1]["generated_text"] == whole == "".join(e["token"]["text"] for e in events)
+    assert events[-1]["details"]["finish_reason"] == "length"
+    with client.stream("POST", "/generate", json=body | {"stream": True}) as r:
+        again = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+    assert again == events
+
+
+def test_score_reports_log_probability_per_text(client: TestClient) -> None:
+    r = client.post("/score", json={"inputs": ["ROMEO:\nBut soft", "zqxj vbkw", "R"]})
+    good, noise, single = r.json()
+    assert good["tokens"] == 14 and good["log_prob"] < 0
+    assert good["bits_per_char"] < noise["bits_per_char"]
+    assert good["perplexity"] == pytest.approx(2 ** good["bits_per_char"], rel=1e-4)
+    assert single == {"tokens": 0, "log_prob": 0.0, "perplexity": None, "bits_per_char": None}
+    assert client.post("/score", json={"inputs": "x", "model": "sentiment"}).status_code == 422

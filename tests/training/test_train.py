@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_classifier_args, tiny_lm_args
+from textrnn.artifact import load_artifact
+from textrnn.inference import classify_logits
+from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net
+from textrnn.tokenization import encode_batch
+from training.classify import ClassifierJob
+from training.cli import main as train_main
+from training.train import TrainConfig, fit
+
+
+def _job(seed: int = 0) -> ClassifierJob:
+    rng = random.Random(seed)
+    ids = [[rng.randint(2, 19) for _ in range(rng.randint(1, 8))] for _ in range(200)]
+    labels = [int(any(t < 6 for t in s)) for s in ids]
+    torch.manual_seed(seed)
+    net = build_net(NetConfig(task="classification", vocab_size=20, cell="lstm", embedding_dim=8,
+                              hidden_size=8, dropout=0.2, num_labels=2))
+    assert isinstance(net, RNNClassifier)
+    return ClassifierJob(net, (ids, labels), (ids[:50], labels[:50]), ["no", "yes"], 16, seed,
+                         word_dropout=0.1)
+
+
+def _cfg(**kw: Any) -> TrainConfig:
+    return TrainConfig(**{"max_steps": 40, "eval_every": 10, "checkpoint_every": 10,
+                          "warmup_steps": 5, "lr": 0.01, "progress": False, "patience": 0} | kw)
+
+
+def test_loss_falls(tmp_path: Path) -> None:
+    job = _job()
+    result = fit(job, _cfg(max_steps=80), tmp_path)
+    losses = [r["loss"] for r in result.history if "loss" in r and "eval" not in r]
+    assert losses[-1] < losses[0] * 0.8
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval" in r for r in log) and any("items_per_s" in r for r in log)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path) -> None:
+    straight = fit(_job(), _cfg(), tmp_path / "a")
+    job = _job()
+    real_loss, calls = job.loss, {"n": 0}
+
+    def crashing_loss(batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 26:  # after the checkpoint at step 20, mid-way to the next
+            raise _Crash
+        return real_loss(batch)
+
+    job.loss = crashing_loss  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        fit(job, _cfg(), tmp_path / "b")
+    torch.manual_seed(123)  # the resumed run must not depend on the process's RNG
+    resumed = fit(_job(), _cfg(), tmp_path / "b", resume=True)
+    assert resumed.steps == straight.steps == 40
+    for key, value in straight.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+    assert straight.best_eval == resumed.best_eval
+
+
+def test_early_stopping_stops_when_the_dev_metric_stalls(tmp_path: Path) -> None:
+    result = fit(_job(), _cfg(max_steps=400, eval_every=5, patience=2, lr=1e-9,
+                              warmup_steps=1), tmp_path)
+    assert result.stopped_because.startswith("early stop") and result.steps < 400
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_cli_trains_all_six_combinations_and_the_app_serves_them(
+        tmp_path: Path, sentiment_files: tuple[Path, Path], lm_file: Path, cell: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    models = tmp_path / "models"
+    clf_args = tiny_classifier_args(*sentiment_files, models / f"clf-{cell}", cell, steps=30)
+    assert train_main([*clf_args, "--bidirectional"]) == 0
+    assert train_main(tiny_lm_args(lm_file, models / f"lm-{cell}", cell, steps=30)) == 0
+    for name in (f"clf-{cell}", f"lm-{cell}"):
+        folder = models / name
+        assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors",
+                                                      "tokenizer.json", "README.md", "training.png"}
+        config = json.loads((folder / "config.json").read_text())
+        assert config["training"]["seed"] == 0 and config["training"]["data_sha256"]
+        assert "python -m training" in (folder / "README.md").read_text()
+    with TestClient(create_app(Settings(models_dir=models))) as client:
+        assert client.get("/health/ready").status_code == 200
+        r = client.post("/classify", json={"inputs": "great film", "model": f"clf-{cell}"})
+        assert r.status_code == 200 and len(r.json()[0]) == 2
+        r = client.post("/generate", json={"inputs": "ROMEO:", "model": f"lm-{cell}",
+                                           "parameters": {"max_new_tokens": 5}})
+        assert r.status_code == 200 and len(r.json()["generated_text"]) == 5
+
+
+def test_export_then_load_gives_identical_logits(models_dir: Path, tmp_path: Path,
+                                                 sentiment_files: tuple[Path, Path]) -> None:
+    art = load_artifact(models_dir / "sentiment")
+    assert isinstance(art.net, RNNClassifier)
+    config = json.loads((models_dir / "sentiment" / "config.json").read_text())
+    assert config["metrics"]["dev"]["accuracy"] > 0.9  # the tiny task is easy
+    net = build_net(art.net_config)
+    net.load_state_dict(load_file(str(models_dir / "sentiment" / "model.safetensors")))
+    net.eval()
+    seqs = encode_batch(art.tokenizer, ["a great film", "dull , boring plot"])
+    with torch.inference_mode():
+        assert torch.equal(classify_logits(art.net, seqs), classify_logits(net, seqs))  # type: ignore[arg-type]
+        probs = torch.softmax(classify_logits(art.net, seqs), -1)
+    assert probs[0, 1] > 0.5 > probs[1, 1]
+
+
+def test_evaluate_reports_accuracy_and_bits_per_char(models_dir: Path, lm_file: Path,
+                                                     sentiment_files: tuple[Path, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["evaluate", str(models_dir / "sentiment"), "--data",
+                       str(sentiment_files[1]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    config = json.loads((models_dir / "sentiment" / "config.json").read_text())
+    assert report["accuracy"] == pytest.approx(config["metrics"]["dev"]["accuracy"])
+    assert len(report["confusion_matrix"]) == 2
+    assert train_main(["evaluate", str(models_dir / "shakespeare"), "--data", str(lm_file),
+                       "--json"]) == 0
+    lm = json.loads(capsys.readouterr().out)
+    assert lm["bits_per_char"] == pytest.approx(lm["loss"] / math.log(2))
+    assert lm["bits_per_char"] < math.log2(load_artifact(models_dir / "shakespeare").net_config.vocab_size)
+
+
+def test_language_model_validation_is_recorded(models_dir: Path) -> None:
+    art = load_artifact(models_dir / "shakespeare")
+    assert isinstance(art.net, CharLM)
+    val = art.config["metrics"]["validation"]
+    assert val["read_as"] == "one stream, state carried"
+    assert val["bits_per_char"] == pytest.approx(val["loss"] / math.log(2))
+
+
+def test_bad_data_stops_the_cli_with_file_and_line(tmp_path: Path, sentiment_files: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("label\ttext\n1\tfine\n2\tstrange label\n")
+    args = tiny_classifier_args(sentiment_files[0], bad, tmp_path / "m" / "x")
+    assert train_main(args) == 2
+    assert "bad.tsv, line 3: label '2' is not in the label set" in capsys.readouterr().err

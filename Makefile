@@ -21,10 +21,11 @@ endif
 $(VENV)/.torch-$(TORCH):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, sys; sys.exit(torch.__version__ != '$(TORCH_VERSION)+$(TORCH)')" 2>/dev/null \
-	  || $(PIP) install --extra-index-url https://download.pytorch.org/whl/$(TORCH) "$(TORCH_SPEC)"
+	  || $(PIP) install --no-deps --extra-index-url https://download.pytorch.org/whl/$(TORCH) "$(TORCH_SPEC)"
 	rm -f $(VENV)/.torch-*
 	touch $@
 
+# torch's own dependencies (sympy, networkx, ...) come from PyPI with the package's.
 $(VENV)/.installed: $(VENV)/.torch-$(TORCH) pyproject.toml
 	$(PIP) install -e ".[dev]"
 	touch $@

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "settings_table"]
 
 
 class Settings(BaseSettings):
@@ -52,3 +52,21 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the `Settings` fields."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = "" if default is None or default == "" else f"`{default}`"
+        rows.append(f"| `RNN_{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(settings_table() + "\n")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings, settings_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_settings_table_is_generated_from_the_class() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = text.split("<!-- settings:start -->\n")[1].split("<!-- settings:end -->")[0]
+    assert block.strip() == settings_table().strip()
+
+
+def test_environment_overrides_and_lists_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNN_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("RNN_API_KEYS", "a, b,,c")
+    monkeypatch.setenv("RNN_DEVICE", "CUDA:1")
+    s = Settings()
+    assert s.max_batch_size == 8 and s.api_keys == ["a", "b", "c"] and s.device == "cuda:1"
+
+
+@pytest.mark.parametrize(("name", "value"), [("RNN_DEVICE", "tpu"), ("RNN_MAX_BATCH_SIZE", "0"),
+                                             ("RNN_LOG_FORMAT", "xml"), ("RNN_THREADS", "many")])
+def test_bad_values_are_refused_with_the_setting_named(monkeypatch: pytest.MonkeyPatch,
+                                                       name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("RNN_").lower()):
+        Settings()

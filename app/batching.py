@@ -88,7 +88,14 @@ class BatchEngine(Generic[T, R]):
         QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
         self._wakeup.set()
         try:
-            return await pending.future
+            return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_s)
+        except TimeoutError:
+            if pending in self._waiting:  # still waiting at its deadline: give up on it
+                self._waiting.remove(pending)
+                QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+                raise DeadlineExceeded(f"request waited {self.timeout_s:g} s for the model, "
+                                       "its deadline (RNN_REQUEST_TIMEOUT_S)") from None
+            return await pending.future  # already running: its answer is moments away
         except asyncio.CancelledError:
             # The client went away: drop the request if it has not been taken yet.
             if pending in self._waiting:

@@ -67,6 +67,7 @@ class GenerationJob:
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     # Written by the scheduler thread only:
+    admitted: bool = False
     generated: int = 0
     text: str = ""
 
@@ -198,6 +199,7 @@ class GenerationScheduler:
                                            f"the {self.timeout_s:g} s deadline"))
                 continue
             QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
+            job.admitted = True
             jobs.append(job)
         QUEUE_DEPTH.labels(self.name).set(self._inbox.qsize())
         return jobs

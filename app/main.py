@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
-from app.routes import classify, generate, health, models, score
+from app.routes import classify, generate, health, metrics, models, score
 from app.settings import Settings
 
 __all__ = ["app", "create_app"]
@@ -53,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
-    for module in (classify, generate, score, models, health):
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    for module in (classify, generate, score, models, health, metrics):
         app.include_router(module.router)
     return app
 

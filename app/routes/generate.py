@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import RegistryDep, SettingsDep
-from app.errors import InvalidInput
+from app.errors import DeadlineExceeded, InvalidInput
 from app.generation import GenerationJob, TokenEvent, default_seed
 from app.registry import ModelEntry, Registry
 from app.schemas import GenerateDetails, GenerateRequest, GenerateResponse, StreamResponse, Token
@@ -51,17 +51,28 @@ async def _next(job: GenerationJob) -> TokenEvent:
     return event
 
 
+async def _first(job: GenerationJob, timeout_s: float) -> TokenEvent:
+    """The first token; 504 when the job is still waiting for a place at its deadline."""
+    try:
+        return await asyncio.wait_for(_next(job), timeout_s)
+    except TimeoutError:
+        if job.admitted:  # prefilled already: the token is moments away
+            return await _next(job)
+        job.cancel()
+        raise DeadlineExceeded(f"request waited {timeout_s:g} s for a generation slot, its "
+                               "deadline (RNN_REQUEST_TIMEOUT_S)") from None
+
+
 def _token(event: TokenEvent) -> Token:
     return Token(id=event.id, text=event.text, logprob=event.logprob)
 
 
-async def _collect(job: GenerationJob, details: bool) -> GenerateResponse:
-    tokens: list[Token] = []
-    while True:
+async def _collect(job: GenerationJob, first: TokenEvent, details: bool) -> GenerateResponse:
+    tokens = [_token(first)]
+    event = first
+    while event.finish_reason is None:
         event = await _next(job)
         tokens.append(_token(event))
-        if event.finish_reason is not None:
-            break
     info = GenerateDetails(finish_reason=event.finish_reason,
                            generated_tokens=len(tokens), seed=job.seed, tokens=tokens)
     return GenerateResponse(generated_text="".join(t.text for t in tokens),
@@ -93,10 +104,10 @@ async def _respond(body: GenerateRequest, registry: Registry, settings: Settings
                    response: Response, stream: bool) -> Response | GenerateResponse:
     entry, job = _start(body, registry, settings)
     try:
+        first = await _first(job, settings.request_timeout_s)  # errors keep their HTTP status
         if not stream:
             response.headers["X-Model"] = entry.version
-            return await _collect(job, body.parameters.details)
-        first = await _next(job)  # errors before the first token keep their HTTP status
+            return await _collect(job, first, body.parameters.details)
     except BaseException:
         job.cancel()
         raise
@@ -104,6 +115,8 @@ async def _respond(body: GenerateRequest, registry: Registry, settings: Settings
                              headers={"X-Model": entry.version, "Cache-Control": "no-cache"})
 
 
+@router.post("/", response_model=GenerateResponse, responses=_STREAM_DOC,
+             summary="TGI's root route: /generate, or /generate_stream with stream: true")
 @router.post("/generate", response_model=GenerateResponse, responses=_STREAM_DOC)
 async def generate(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
                    response: Response) -> Response | GenerateResponse:

@@ -15,6 +15,7 @@ from app.errors import install_error_handlers
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
 from app.routes import classify, generate, health, metrics, models, score
+from app.routes.docs import install_docs
 from app.settings import Settings
 
 __all__ = ["app", "create_app"]
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.draining = True
             await registry.stop()
 
-    app = FastAPI(title="textrnn", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="textrnn", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recurrent text models (RNN, LSTM, GRU): sentiment classification, "
                               "character-level generation and scoring, with batching.")
     app.state.settings = settings
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     for module in (classify, generate, score, models, health, metrics):
         app.include_router(module.router)
+    install_docs(app)
     return app
 
 

@@ -165,9 +165,28 @@ class CharLM(nn.Module):
         return self.head(top), state
 
     def step(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
-        """One token per row: ids [B] -> logits [B, V] and the next state."""
-        logits, state = self.forward(ids[:, None], state)  # B 1 V
-        return logits[:, 0], state
+        """One token per row: ids [B] -> logits [B, V] and the next state.
+
+        Runs the cell functions layer by layer on the recurrent module's own weights: for one
+        time step this skips most of the fixed cost of a full `nn.LSTM` call.
+        """
+        if state is None:
+            state = self.initial_state(ids.size(0), ids.device)
+        x = self.embedding(ids)  # B E
+        rnn, hs, cs = self.rnn, [], []
+        for layer in range(self.config.num_layers):
+            weights = [getattr(rnn, f"{name}_l{layer}") for name in
+                       ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if isinstance(state, tuple):
+                x, c = torch.lstm_cell(x, (state[0][layer], state[1][layer]), *weights)
+                cs.append(c)
+            elif self.config.cell == "gru":
+                x = torch.gru_cell(x, state[layer], *weights)
+            else:
+                x = torch.rnn_tanh_cell(x, state[layer], *weights)
+            hs.append(x)  # B H
+        h = torch.stack(hs)  # L B H
+        return self.head(x), ((h, torch.stack(cs)) if cs else h)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         """Zeros state for `batch` rows."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.registry import Registry
@@ -53,11 +54,13 @@ def test_64_concurrent_classify_requests_share_few_forward_passes(
     async def run() -> tuple[list[Any], list[Any]]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             alone = [(await http.post("/classify", json={"inputs": t})).json() for t in texts[:8]]
-            before = engine.batches_run
+            before = metric(url, "rnn_batch_size_count", model="sentiment")
+            rows_before = metric(url, "rnn_batch_size_sum", model="sentiment")
             with _slowed(engine, 0.05):
                 responses = await asyncio.gather(*(http.post("/classify", json={"inputs": t})
                                                    for t in texts))
-            passes = engine.batches_run - before
+            passes = metric(url, "rnn_batch_size_count", model="sentiment") - before
+            assert metric(url, "rnn_batch_size_sum", model="sentiment") - rows_before == 64
             assert all(r.status_code == 200 for r in responses)
             assert passes <= 16, f"64 requests took {passes} forward passes"
             return alone, [r.json() for r in responses]
@@ -77,6 +80,16 @@ def test_a_lone_request_does_not_wait_for_company(server: tuple[str, Registry]) 
         for _ in range(5):
             assert http.post("/classify", json={"inputs": "a fine film"}).status_code == 200
         assert engine.batches_run - before == 5
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """A sample's value from the server's /metrics (0 when absent)."""
+    text = httpx.get(f"{url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 def _events(lines: list[str]) -> list[dict[str, Any]]:
@@ -116,18 +129,23 @@ def test_a_disconnected_stream_leaves_the_batch(server: tuple[str, Registry]) ->
 
     async def run() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 1000, "seed": 1,
+            body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 1024, "seed": 1,
                                                        "temperature": 1.0}}
+            start_tokens = metric(url, "rnn_generated_tokens_total", model="shakespeare")
             async with http.stream("POST", "/generate_stream", json=body) as r:
                 seen = 0
                 async for line in r.aiter_lines():
                     seen += line.startswith("data:")
                     if seen == 5:
                         break
-            assert generator.active <= 1
             deadline = time.monotonic() + 5
             while generator.active and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert generator.active == 0
+            assert metric(url, "rnn_active_sequences", model="shakespeare") == 0
+            tokens = metric(url, "rnn_generated_tokens_total", model="shakespeare")
+            await asyncio.sleep(0.2)  # nothing is generated for the client that left
+            assert metric(url, "rnn_generated_tokens_total", model="shakespeare") == tokens
+            assert tokens - start_tokens < 512, "the sequence ran on after its client left"
 
     asyncio.run(run())

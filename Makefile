@@ -5,23 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # TORCH=cpu (default) installs the CPU build; TORCH=cu128 (or cu126, ...) a CUDA build.
 TORCH ?= cpu
-TORCH_VERSION ?= 2.13.0
 HOST ?= 0.0.0.0
 PORT ?= 8000
 SHARED ?= ../shared/data
 
-ifeq ($(shell uname -s),Darwin)
-TORCH_SPEC := torch==$(TORCH_VERSION)
-else
-TORCH_SPEC := torch==$(TORCH_VERSION)+$(TORCH)
-endif
-
 .PHONY: setup serve test lint train-sentiment train-lm compare bench clean
 
-$(VENV)/.torch-$(TORCH):
+$(VENV)/.torch-$(TORCH): scripts/install-torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch, sys; sys.exit(torch.__version__ != '$(TORCH_VERSION)+$(TORCH)')" 2>/dev/null \
-	  || $(PIP) install --no-deps --extra-index-url https://download.pytorch.org/whl/$(TORCH) "$(TORCH_SPEC)"
+	scripts/install-torch.sh $(PY) $(TORCH)
 	rm -f $(VENV)/.torch-*
 	touch $@
 

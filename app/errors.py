@@ -15,6 +15,7 @@ __all__ = [
     "ModelNotReady",
     "Overloaded",
     "ServiceError",
+    "Unauthorized",
     "WrongTask",
     "install_error_handlers",
 ]
@@ -33,6 +34,13 @@ class InvalidInput(ServiceError):
     """A request over a configured limit; the message names the field and the limit."""
 
     status_code = 422
+
+
+class Unauthorized(ServiceError):
+    """An API key is required and was missing or wrong."""
+
+    status_code = 401
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
 class ModelNotFound(ServiceError):

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.auth import require_key
 from app.errors import install_error_handlers
+from app.logs import RequestIdMiddleware, configure_logging
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
 from app.routes import classify, generate, health, metrics, models, score
@@ -26,6 +28,7 @@ log = logging.getLogger("app")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; settings default to those of the environment."""
     settings = settings or Settings()
+    configure_logging(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
-    for module in (classify, generate, score, models, health, metrics):
+    app.add_middleware(RequestIdMiddleware)
+    protected = [Depends(require_key)]
+    for module in (classify, generate, score, models):
+        app.include_router(module.router, dependencies=protected)
+    for module in (health, metrics):
         app.include_router(module.router)
     install_docs(app)
     return app

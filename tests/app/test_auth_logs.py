@@ -1,0 +1,89 @@
+"""API keys, request ids and JSON logs, against a real server process where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_api_keys_guard_model_routes_but_not_health(models_dir: Path) -> None:
+    app = create_app(Settings(models_dir=models_dir, api_keys=["k-one", "k-two"]))
+    with TestClient(app) as client:
+        body = {"inputs": "a fine film"}
+        missing = client.post("/classify", json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = client.post("/classify", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        basic = client.post("/classify", json=body, headers={"Authorization": "Basic k-one"})
+        assert basic.status_code == 401
+        for key in ("k-one", "k-two"):
+            ok = client.post("/classify", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+        assert client.get("/models").status_code == 401
+        assert client.get("/health/ready").status_code == 200
+        assert client.get("/metrics").status_code == 200
+    with TestClient(create_app(Settings(models_dir=models_dir))) as open_client:
+        assert open_client.post("/classify", json={"inputs": "x"}).status_code == 200
+
+
+def test_request_id_is_taken_or_made_and_echoed(models_dir: Path) -> None:
+    with TestClient(create_app(Settings(models_dir=models_dir))) as client:
+        given = client.get("/health/live", headers={"X-Request-Id": "abc-123"})
+        assert given.headers["x-request-id"] == "abc-123"
+        made = client.get("/health/live", headers={"X-Request-Id": "bad id\nwith newline"})
+        assert len(made.headers["x-request-id"]) == 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> None:
+    port = _free_port()
+    env = os.environ | {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json",
+                        "RNN_API_KEYS": "secret-key-123"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/classify", json={"inputs": "fine"},
+                       headers={"X-Request-Id": "req-42", "Authorization": "Bearer secret-key-123"})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    # uvicorn finishes its graceful shutdown, then re-raises SIGTERM so supervisors see it.
+    assert proc.returncode in (0, -signal.SIGTERM)
+    lines = [line for line in out.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    messages = " ".join(r["message"] for r in records)
+    assert "Uvicorn running" in messages and "Application startup complete" in messages
+    access = [r for r in records if r["logger"] == "uvicorn.access" and "/classify" in r["message"]]
+    assert access and access[0]["request_id"] == "req-42"
+    assert "secret-key-123" not in out

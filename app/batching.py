@@ -54,6 +54,7 @@ class BatchEngine(Generic[T, R]):
         self.max_wait_s = max_wait_ms / 1000
         self.timeout_s = timeout_s
         self.batches_run = 0
+        self.running = False
         self._waiting: deque[_Pending[T, R]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -146,6 +147,7 @@ class BatchEngine(Generic[T, R]):
             items = [item for pending in batch for item in pending.items]
             BATCH_SIZE.labels(self.name).observe(len(items))
             self.batches_run += 1
+            self.running = True
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, items)
             except Exception as exc:  # a failing batch fails its requests, not the collector
@@ -154,6 +156,8 @@ class BatchEngine(Generic[T, R]):
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
+            finally:
+                self.running = False
             start = 0
             for pending in batch:
                 end = start + len(pending.items)

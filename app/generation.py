@@ -156,6 +156,11 @@ class GenerationScheduler:
         """Sequences in the running batch."""
         return len(self._batch.jobs)
 
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for a place in the batch."""
+        return self._inbox.qsize()
+
     def submit(self, job: GenerationJob) -> None:
         """Queue a job (from the event loop); raises `Overloaded` when the queue is full."""
         if self._inbox.qsize() >= self.max_queue:

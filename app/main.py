@@ -16,7 +16,7 @@ from app.errors import install_error_handlers
 from app.logs import RequestIdMiddleware, configure_logging
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
-from app.routes import classify, generate, health, metrics, models, score
+from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
 from app.settings import Settings
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     protected = [Depends(require_key)]
-    for module in (classify, generate, score, models):
+    for module in (classify, generate, score, models, admin):
         app.include_router(module.router, dependencies=protected)
     for module in (health, metrics):
         app.include_router(module.router)

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import RegistryDep, SettingsDep
+from app.entry import ModelEntry
 from app.errors import DeadlineExceeded, InvalidInput
 from app.generation import GenerationJob, TokenEvent, default_seed
-from app.registry import ModelEntry, Registry
+from app.registry import Registry
 from app.schemas import GenerateDetails, GenerateRequest, GenerateResponse, StreamResponse, Token
 from app.settings import Settings
 

@@ -1,0 +1,200 @@
+"""One model folder in the service: loading with warm-up, its batchers and scheduler,
+and retiring it once its in-flight work is done."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.batching import BatchEngine
+from app.generation import GenerationScheduler
+from app.metrics import MODEL_READY
+from app.settings import Settings
+from textrnn.artifact import Artifact, ArtifactError, load_artifact
+from textrnn.inference import classify_logits, sequence_logprobs
+from textrnn.nets import CharLM, RNNClassifier
+from textrnn.tokenization import encode_batch
+
+__all__ = ["ModelEntry", "fingerprint", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"RNN_DEVICE={name} but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class ModelEntry:
+    """One model folder: loaded and serving, or failed with a reason."""
+
+    name: str
+    folder: Path
+    status: str = "loading"
+    error: str | None = None
+    artifact: Artifact | None = None
+    classify: BatchEngine[str, list[float]] | None = None
+    score: BatchEngine[str, dict[str, Any]] | None = None
+    generator: GenerationScheduler | None = None
+    executor: ThreadPoolExecutor | None = field(default=None, repr=False)
+    fingerprint: str = ""
+
+    def load(self, device: torch.device) -> None:
+        """Load and warm up the folder (blocking); a failure is recorded, never raised."""
+        self.fingerprint = fingerprint(self.folder)
+        try:
+            self.artifact = load_artifact(self.folder, device)
+            _warm_up(self.artifact, device)
+            self.status = "ready"
+            log.info("loaded model %s (%s, %d parameters)", self.name, self.artifact.task,
+                     self.artifact.parameters)
+        except ArtifactError as e:
+            self.status, self.error = "failed", e.reason
+            log.error("model %s failed to load: %s", self.name, e)
+        except Exception as e:  # a broken folder must never stop the service
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
+            log.exception("model %s failed to load", self.name)
+
+    def start(self, s: Settings, device: torch.device) -> None:
+        """Start the batchers (on the running event loop) and the generation scheduler."""
+        MODEL_READY.labels(self.name).set(1 if self.status == "ready" else 0)
+        if self.status != "ready" or self.artifact is None:
+            return
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
+        if self.artifact.task == "classification":
+            self.classify = BatchEngine(self.name, _classify_batch(self.artifact), self.executor,
+                                        s.max_batch_size, s.max_queue, s.max_wait_ms,
+                                        s.request_timeout_s)
+            self.classify.start()
+        else:
+            self.score = BatchEngine(self.name, _score_batch(self.artifact), self.executor,
+                                     s.max_batch_size, s.max_queue, s.max_wait_ms,
+                                     s.request_timeout_s)
+            self.score.start()
+            self.generator = GenerationScheduler(self.artifact, device, s.max_active_sequences,
+                                                 s.max_queue, s.request_timeout_s)
+            self.generator.start()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is waiting or running on this model."""
+        engines = [e for e in (self.classify, self.score) if e is not None]
+        generating = self.generator is not None and (self.generator.active + self.generator.waiting) > 0
+        return any(e.depth > 0 or e.running for e in engines) or generating
+
+    async def retire(self, grace_s: float) -> None:
+        """Stop once in-flight work is done (or after `grace_s`)."""
+        deadline = time.monotonic() + grace_s
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the batchers and the scheduler now."""
+        for engine in (self.classify, self.score):
+            if engine is not None:
+                await engine.stop()
+        if self.generator is not None:
+            await asyncio.to_thread(self.generator.stop)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def task(self) -> str | None:
+        """The model's task, when its config could be read."""
+        return self.artifact.task if self.artifact else None
+
+    def info(self) -> dict[str, Any]:
+        """What GET /models tells about this model."""
+        out: dict[str, Any] = {"name": self.name, "status": self.status}
+        if self.error:
+            out["reason"] = self.error
+        if self.artifact is not None:
+            cfg = self.artifact.config
+            out |= {"task": self.artifact.task, "architecture": cfg["architecture"],
+                    "parameters": self.artifact.parameters, "labels": self.artifact.labels,
+                    "metrics": _summary(cfg.get("metrics") or {}),
+                    "sha256": cfg.get("weights_sha256"), "created_at": cfg.get("created_at")}
+        return out
+
+    @property
+    def version(self) -> str:
+        """Name and short weights hash, as sent in X-Model."""
+        sha = (self.artifact.config.get("weights_sha256") or "")[:12] if self.artifact else ""
+        return f"{self.name}@{sha}" if sha else self.name
+
+
+def fingerprint(folder: Path) -> str:
+    """What changes when a model folder's files change: their names, sizes and mtimes."""
+    parts = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        st = path.stat()
+        parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _warm_up(artifact: Artifact, device: torch.device) -> None:
+    with torch.inference_mode():
+        if isinstance(artifact.net, RNNClassifier):
+            _classify_batch(artifact)(["warm up", "a b c"])
+        else:
+            _score_batch(artifact)(["warm up", "abc"])
+            net = artifact.net
+            net.step(torch.zeros(2, dtype=torch.long, device=device), net.initial_state(2, device))
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalar metrics only (no confusion matrices) for listings."""
+    return {split: {k: v for k, v in values.items() if isinstance(v, int | float)}
+            for split, values in metrics.items() if isinstance(values, dict)}
+
+
+def _classify_batch(artifact: Artifact) -> Callable[[list[str]], list[list[float]]]:
+    net = artifact.net
+    assert isinstance(net, RNNClassifier)
+    max_length = artifact.config.get("max_length") or 10**9
+
+    def run(texts: list[str]) -> list[list[float]]:
+        with torch.inference_mode():
+            seqs = [s[:max_length] for s in encode_batch(artifact.tokenizer, texts)]
+            probs = torch.softmax(classify_logits(net, seqs).float(), dim=-1)  # B C
+            result: list[list[float]] = probs.cpu().tolist()
+            return result
+    return run
+
+
+def _score_batch(artifact: Artifact) -> Callable[[list[str]], list[dict[str, Any]]]:
+    net = artifact.net
+    assert isinstance(net, CharLM)
+
+    def run(texts: list[str]) -> list[dict[str, Any]]:
+        with torch.inference_mode():
+            seqs = encode_batch(artifact.tokenizer, texts)
+            sums = sequence_logprobs(net, seqs).cpu().tolist()
+        out = []
+        for seq, total in zip(seqs, sums, strict=True):
+            n = len(seq) - 1
+            if n < 1:
+                out.append({"tokens": 0, "log_prob": 0.0, "perplexity": None, "bits_per_char": None})
+                continue
+            out.append({"tokens": n, "log_prob": total, "perplexity": math.exp(-total / n),
+                        "bits_per_char": -total / n / math.log(2)})
+        return out
+    return run
+
+

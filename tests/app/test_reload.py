@@ -1,0 +1,60 @@
+"""Hot reload under load: new and changed folders swap in, removed ones retire, nothing fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import running_server
+
+
+def test_reload_under_concurrent_load_loses_no_request(models_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    app = create_app(Settings(models_dir=root))
+    with running_server(app) as url:
+        old_sentiment = app.state.registry.entries["sentiment"]
+
+        async def run() -> tuple[list[int], dict[str, list[str]], httpx.Response, dict[str, list[str]]]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                codes: list[int] = []
+                stop = asyncio.Event()
+
+                async def load() -> None:
+                    while not stop.is_set():
+                        r = await http.post("/classify", json={"inputs": "a great film"})
+                        codes.append(r.status_code)
+
+                workers = [asyncio.create_task(load()) for _ in range(8)]
+                long_gen = asyncio.create_task(http.post("/generate", json={
+                    "inputs": "ROMEO:", "parameters": {"max_new_tokens": 1000}}))
+                await asyncio.sleep(0.3)
+                shutil.copytree(root / "sentiment", root / "sentiment-copy")
+                weights = root / "sentiment" / "model.safetensors"
+                os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+                first = (await http.post("/admin/reload")).json()
+                shutil.rmtree(root / "shakespeare")
+                second = (await http.post("/admin/reload")).json()
+                await asyncio.sleep(0.3)
+                stop.set()
+                await asyncio.gather(*workers)
+                return codes, first, await long_gen, second
+
+        codes, first, long_gen, second = asyncio.run(run())
+        assert first == {"loaded": ["sentiment", "sentiment-copy"], "kept": ["shakespeare"],
+                         "removed": [], "failed": []}
+        assert second == {"loaded": [], "kept": ["sentiment", "sentiment-copy"],
+                          "removed": ["shakespeare"], "failed": []}
+        assert len(codes) > 20 and set(codes) == {200}
+        assert long_gen.status_code == 200 and len(long_gen.json()["generated_text"]) == 1000
+        assert app.state.registry.entries["sentiment"] is not old_sentiment
+        models = httpx.get(f"{url}/models").json()["models"]
+        assert [m["name"] for m in models] == ["sentiment", "sentiment-copy"]
+        gone = httpx.post(f"{url}/generate", json={"inputs": "x", "model": "shakespeare"})
+        assert gone.status_code == 404

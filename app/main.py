@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import torch
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.auth import require_key
-from app.errors import install_error_handlers
+from app.errors import ModelNotReady, install_error_handlers
 from app.logs import RequestIdMiddleware, configure_logging
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
@@ -23,6 +26,27 @@ from app.settings import Settings
 __all__ = ["app", "create_app"]
 
 log = logging.getLogger("app")
+
+
+def _drain_on_sigterm(app: FastAPI) -> None:
+    """Turn not-ready and refuse new work as soon as SIGTERM arrives, then let the server's
+    own handler run its graceful shutdown (in-flight requests and streams finish)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (a server run inside a test thread)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        app.state.draining = True
+        log.info("SIGTERM: draining; new requests get 503")
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _refuse_when_draining(request: Request) -> None:
+    if request.app.state.draining:
+        raise ModelNotReady("the service is shutting down; retry on another instance")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(registry.load_all)
         registry.start()
         app.state.loaded = True
+        _drain_on_sigterm(app)
         log.info("ready: %s; failed: %s", [e.name for e in registry.ready()],
                  [e.name for e in registry.failed()])
         try:
@@ -61,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
-    protected = [Depends(require_key)]
+    protected = [Depends(_refuse_when_draining), Depends(require_key)]
     for module in (classify, generate, score, models, admin):
         app.include_router(module.router, dependencies=protected)
     for module in (health, metrics):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -87,3 +88,41 @@ def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> 
     access = [r for r in records if r["logger"] == "uvicorn.access" and "/classify" in r["message"]]
     assert access and access[0]["request_id"] == "req-42"
     assert "secret-key-123" not in out
+
+
+def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:
+    port = _free_port()
+    env = os.environ | {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+        body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 1024, "seed": 2,
+                                                   "temperature": 1.0}}
+        events = []
+        with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if len(events) == 3:
+                        proc.send_signal(signal.SIGTERM)
+        assert len(events) == 1024
+        assert events[-1]["details"]["finish_reason"] == "length"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health/ready", timeout=2)  # no new connections while draining
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert "draining" in out

@@ -35,10 +35,16 @@ def _drain_on_sigterm(app: FastAPI) -> None:
         return  # signals reach the main thread only (a server run inside a test thread)
     previous = signal.getsignal(signal.SIGTERM)
 
+    server = getattr(previous, "__self__", None)  # uvicorn's Server, whose handler this is
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         app.state.draining = True
         log.info("SIGTERM: draining; new requests get 503")
-        if callable(previous):
+        if server is not None and hasattr(server, "should_exit"):
+            # Ask uvicorn for its graceful shutdown directly: handing it the signal would make
+            # it re-raise SIGTERM at the end, and a finished drain should exit 0.
+            server.should_exit = True
+        elif callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -79,8 +79,7 @@ def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    # uvicorn finishes its graceful shutdown, then re-raises SIGTERM so supervisors see it.
-    assert proc.returncode in (0, -signal.SIGTERM)
+    assert proc.returncode == 0
     lines = [line for line in out.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     messages = " ".join(r["message"] for r in records)
@@ -124,5 +123,5 @@ def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode in (0, -signal.SIGTERM)
+    assert proc.returncode == 0
     assert "draining" in out

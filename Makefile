@@ -47,3 +47,6 @@ train-lm: setup  ## the shipped character language model (Tiny Shakespeare)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+bench: setup  ## load benchmark: server vs offline limit vs unbatched baseline (bench/results/)
+	$(PY) -m bench.run

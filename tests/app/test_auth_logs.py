@@ -125,3 +125,13 @@ def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "draining" in out
+
+
+def test_cors_allows_only_the_configured_origins(models_dir: Path) -> None:
+    app = create_app(Settings(models_dir=models_dir, cors_origins=["https://ok.example"]))
+    with TestClient(app) as client:
+        ask = {"Access-Control-Request-Method": "POST"}
+        ok = client.options("/classify", headers={"Origin": "https://ok.example"} | ask)
+        assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+        other = client.options("/classify", headers={"Origin": "https://evil.example"} | ask)
+        assert "access-control-allow-origin" not in other.headers

@@ -1,0 +1,1 @@
+"""Load and throughput benchmarks (run by `make bench`, never by the tests)."""

@@ -1,0 +1,55 @@
+"""The offline limit: the shipped models run in a tight loop in one process, no HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from textrnn.artifact import load_artifact
+from textrnn.inference import classify_logits, pad_batch
+from textrnn.nets import CharLM, RNNClassifier
+from textrnn.sampling import RowParams, choose_tokens
+from textrnn.tokenization import encode_batch
+
+__all__ = ["classify_limit", "generate_limit"]
+
+
+def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: float = 3.0) -> float:
+    """Texts/s for tokenisation + forward + softmax at `batch_size`, length-sorted batches."""
+    art = load_artifact(folder)
+    assert isinstance(art.net, RNNClassifier)
+    done, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - start < seconds:
+            for i in range(0, len(texts), batch_size):
+                chunk = texts[i:i + batch_size]
+                seqs = encode_batch(art.tokenizer, chunk)
+                torch.softmax(classify_logits(art.net, seqs), -1).tolist()
+                done += len(chunk)
+    return done / (time.perf_counter() - start)
+
+
+def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = "ROMEO:") -> float:
+    """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling)."""
+    art = load_artifact(folder)
+    net = art.net
+    assert isinstance(net, CharLM)
+    ids = art.tokenizer.encode(prompt).ids
+    params = RowParams(torch.full((streams,), 0.8), torch.full((streams,), 40, dtype=torch.long),
+                       torch.full((streams,), 0.95), torch.ones(streams),
+                       torch.arange(streams, dtype=torch.long))
+    with torch.inference_mode():
+        start = time.perf_counter()
+        batch, lengths = pad_batch([ids] * streams)
+        logits, state = net.prefill(batch, lengths)
+        seen = torch.zeros(streams, net.config.vocab_size, dtype=torch.bool)
+        for step in range(tokens):
+            steps = torch.full((streams,), step, dtype=torch.long)
+            chosen, _ = choose_tokens(logits, params, steps, seen, banned=0)
+            chosen.tolist()  # the server hands every token to Python to stream it
+            if step + 1 < tokens:
+                logits, state = net.step(chosen, state)
+        elapsed = time.perf_counter() - start
+    return streams * tokens / elapsed

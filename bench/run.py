@@ -1,0 +1,184 @@
+"""`python -m bench.run`: the server under load against the offline limit and an unbatched
+baseline, in one run. Prints one table and writes JSON to bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from bench.load import classify_load, generate_load
+from bench.offline import classify_limit, generate_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+FALLBACK = ["a gripping , beautiful film", "dull and lifeless", "it 's not bad at all",
+            "one long string of cliches ."]
+
+
+def _texts() -> list[str]:
+    if SST2_DEV.exists():
+        return [line.split("\t", 1)[1] for line in SST2_DEV.read_text().splitlines()[1:]]
+    return FALLBACK
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """The real server in a subprocess, with its start-up time and memory."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during start-up")
+            time.sleep(0.02)
+        self.startup_s = time.perf_counter() - started
+        self.idle_rss_mb = _rss_mb(self.proc.pid)
+        self.peak_rss_mb = self.idle_rss_mb
+        self._sampling = True
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while self._sampling and self.proc.poll() is None:
+            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(self.proc.pid))
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._sampling = False
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
+                texts: list[str]) -> dict[str, Any]:
+    server = Server(env)
+    out: dict[str, Any] = {"mode": name, "env": env, "startup_s": server.startup_s,
+                           "idle_rss_mb": server.idle_rss_mb, "classify": {}, "generate": {}}
+    try:
+        for c in args.classify_concurrency:
+            out["classify"][c] = asyncio.run(classify_load(server.url, texts, c, args.seconds,
+                                                           args.max_requests))
+            print(f"  {name} classify c={c}: {out['classify'][c]['texts_per_s']:.0f} texts/s",
+                  file=sys.stderr)
+        for c in args.generate_concurrency:
+            out["generate"][c] = asyncio.run(generate_load(server.url, c, args.tokens,
+                                                           max(1, args.rounds)))
+            print(f"  {name} generate c={c}: {out['generate'][c]['tokens_per_s']:.0f} tokens/s",
+                  file=sys.stderr)
+    finally:
+        out["peak_rss_mb"] = server.peak_rss_mb
+        server.stop()
+    return out
+
+
+def _table(result: dict[str, Any]) -> str:
+    lim = result["offline"]
+    rows = ["| run | concurrency | req/s | texts or tokens/s | vs offline | p50 ms | p90 ms | p99 ms | "
+            "TTFT p50 ms | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in result["servers"]:
+        for c, r in run["classify"].items():
+            ratio = r["texts_per_s"] / lim["classify_texts_per_s"]
+            rows.append(f"| {run['mode']} classify | {c} | {r['requests_per_s']:.0f} | "
+                        f"{r['texts_per_s']:.0f} | {ratio:.0%} | {r['p50_ms']:.1f} | "
+                        f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | | {r['errors'] or ''} |")
+        for c, r in run["generate"].items():
+            base = lim["generate_tokens_per_s"].get(str(c)) or lim["generate_tokens_per_s"].get(c)
+            ratio = f"{r['tokens_per_s'] / base:.0%}" if base else ""
+            rows.append(f"| {run['mode']} generate | {c} | {r['requests_per_s']:.1f} | "
+                        f"{r['tokens_per_s']:.0f} | {ratio} | {r['p50_ms']:.0f} | "
+                        f"{r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['ttft_p50_ms']:.1f} | "
+                        f"{r['errors'] or ''} |")
+    rows.append("")
+    rows.append(f"offline limit: classify {lim['classify_texts_per_s']:.0f} texts/s at batch "
+                f"{lim['classify_batch']}; generate " + ", ".join(
+                    f"{v:.0f} tokens/s at {k} streams" for k, v in lim["generate_tokens_per_s"].items()))
+    for run in result["servers"]:
+        rows.append(f"{run['mode']}: start-up to ready {run['startup_s']:.2f} s, resident memory "
+                    f"{run['idle_rss_mb']:.0f} MB idle, {run['peak_rss_mb']:.0f} MB peak under load")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    """Run the benchmark."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--classify-concurrency", type=int, nargs="*", default=[1, 4, 16, 64, 256])
+    p.add_argument("--generate-concurrency", type=int, nargs="*", default=[1, 16, 64])
+    p.add_argument("--seconds", type=float, default=6.0, help="per classify level")
+    p.add_argument("--max-requests", type=int, default=20_000)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2, help="generations per stream client")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    texts = _texts()
+    threads = {"RNN_THREADS": "1"}
+    runs = [("batched", threads)]
+    if not args.no_baseline:
+        runs.append(("unbatched", threads | {"RNN_MAX_BATCH_SIZE": "1",
+                                             "RNN_MAX_ACTIVE_SEQUENCES": "1"}))
+    servers = [_run_server(name, env, args, texts) for name, env in runs]
+    print("  offline limits...", file=sys.stderr)
+    best = max((classify_limit(ROOT / "models" / "sentiment", texts, b), b) for b in (16, 64, 128))
+    offline = {"classify_texts_per_s": best[0], "classify_batch": best[1],
+               "classify_texts_per_s_batch64": classify_limit(ROOT / "models" / "sentiment",
+                                                              texts, 64),
+               "generate_tokens_per_s": {str(c): generate_limit(ROOT / "models" / "shakespeare", c,
+                                                                args.tokens)
+                                         for c in args.generate_concurrency}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit,
+              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cores": os.cpu_count(), "torch": torch.__version__,
+                          "python": platform.python_version()},
+              "settings": vars(args) | {"out": str(args.out)}, "offline": offline,
+              "servers": servers}
+    table = _table(result)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    (args.out / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
+    (args.out / "latest.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
-from app.settings import Settings
+from app.settings import Settings, load_settings
 
 __all__ = ["app", "create_app"]
 
@@ -57,7 +57,7 @@ async def _refuse_when_draining(request: Request) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; settings default to those of the environment."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(settings.log_format)
 
     @asynccontextmanager

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "settings_table"]
+__all__ = ["Settings", "load_settings", "settings_table"]
 
 
 class Settings(BaseSettings):
@@ -54,6 +55,20 @@ class Settings(BaseSettings):
         raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N")
 
 
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value exits with one line per problem, naming
+    the variable, the value and what is expected (no traceback)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = "RNN_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
+            lines.append(f"invalid setting {name}={err.get('input')!r}: {err['msg']}")
+        sys.stderr.write("\n".join(lines) + "\n")
+        raise SystemExit(2) from None
+
+
 def settings_table() -> str:
     """The README's settings table, made from the `Settings` fields."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
@@ -67,6 +82,4 @@ def settings_table() -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.stdout.write(settings_table() + "\n")

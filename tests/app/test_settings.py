@@ -31,3 +31,18 @@ def test_bad_values_are_refused_with_the_setting_named(monkeypatch: pytest.Monke
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("RNN_").lower()):
         Settings()
+
+
+def test_a_bad_setting_stops_the_server_with_a_clear_line() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"RNN_MAX_BATCH_SIZE": "0", "RNN_DEVICE": "tpu"}
+    result = subprocess.run([sys.executable, "-c", "import app.main"], env=env,
+                            capture_output=True, text=True, cwd=README.parent)
+    assert result.returncode == 2
+    assert "invalid setting RNN_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1" \
+        in result.stderr
+    assert "invalid setting RNN_DEVICE='tpu'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,6 +18,7 @@ from app.auth import require_key
 from app.errors import ModelNotReady, install_error_handlers
 from app.logs import RequestIdMiddleware, configure_logging
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, metrics):
         app.include_router(module.router)
     install_docs(app)
+    install_openapi(app, settings)
     return app
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "NEUTRAL_TGI",
     "ClassifyParameters",
     "ClassifyRequest",
     "GenerateDetails",
@@ -55,7 +56,7 @@ class LabelScore(BaseModel):
     score: float = Field(ge=0, le=1, examples=[0.97])
 
 
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
+NEUTRAL_TGI: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1), "truncate": (None,), "watermark": (None, False), "grammar": (None,),
     "decoder_input_details": (None, False), "top_n_tokens": (None, 0), "typical_p": (None, 1.0),
     "frequency_penalty": (None, 0.0), "adapter_id": (None,), "return_full_text": (None, False),
@@ -78,7 +79,7 @@ class GenerateParameters(_Strict):
     stop: list[str] = Field(default_factory=list, max_length=16,
                             description="Stop sequences; the text ends with the one that hit.")
     details: bool = Field(False, description="Return finish reason, seed and tokens.")
-    # TGI parameters we accept only at their neutral values (see _NEUTRAL).
+    # TGI parameters we accept only at their neutral values (see NEUTRAL_TGI).
     best_of: int | None = None
     truncate: int | None = None
     watermark: bool | None = None
@@ -90,10 +91,10 @@ class GenerateParameters(_Strict):
     adapter_id: str | None = None
     return_full_text: bool | None = None
 
-    @field_validator(*_NEUTRAL)
+    @field_validator(*NEUTRAL_TGI)
     @classmethod
     def _neutral_only(cls, value: Any, info: Any) -> Any:
-        allowed = _NEUTRAL[info.field_name]
+        allowed = NEUTRAL_TGI[info.field_name]
         if value not in allowed or (isinstance(value, float) and math.isnan(value)):
             raise ValueError(f"{info.field_name} is not supported by this server; leave it out "
                              f"or send {' or '.join(map(repr, allowed))}")

@@ -30,6 +30,8 @@ def _start(body: GenerateRequest, registry: Registry, settings: Settings
     if len(body.inputs) > settings.max_input_chars:
         raise InvalidInput(f"inputs has {len(body.inputs)} characters; the limit is "
                            f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+    if "max_new_tokens" not in params.model_fields_set:  # the default never exceeds the limit
+        params.max_new_tokens = min(params.max_new_tokens, settings.max_new_tokens)
     if params.max_new_tokens > settings.max_new_tokens:
         raise InvalidInput(f"parameters.max_new_tokens is {params.max_new_tokens}; the limit is "
                            f"{settings.max_new_tokens} (RNN_MAX_NEW_TOKENS)")

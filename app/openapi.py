@@ -1,0 +1,72 @@
+"""The OpenAPI schema, completed with the error answers and the limits of these settings.
+
+Limits that come from settings (texts per request, characters per text, max_new_tokens) are
+written into the schema, so what the docs call valid is what the server accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.schemas import NEUTRAL_TGI
+from app.settings import Settings
+
+__all__ = ["install_openapi"]
+
+_ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}}}
+_ANSWERS = {
+    "401": "API key missing or wrong (when RNN_API_KEYS is set)",
+    "404": "No such model; the message lists the available ones",
+    "413": "Body over RNN_MAX_BODY_BYTES",
+    "422": "Invalid input; the message names the field and the limit",
+    "503": "Queue full, model failed to load, or shutting down (see Retry-After)",
+    "504": "Waited past RNN_REQUEST_TIMEOUT_S",
+}
+_GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
+            "/models/{name}", "/admin/reload")
+
+
+def _texts_schema(s: Settings) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": s.max_input_chars}
+    return {"anyOf": [text, {"type": "array", "items": text, "minItems": 1,
+                             "maxItems": s.max_inputs}]}
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Replace `app.openapi` with a generator that adds error answers and settings' limits."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+        schemas = spec["components"]["schemas"]
+        schemas["ErrorResponse"] = _ERROR
+        for name in ("ClassifyRequest", "ScoreRequest"):
+            schemas[name]["properties"]["inputs"] |= _texts_schema(settings)
+            schemas[name]["properties"]["inputs"].pop("type", None)
+        schemas["GenerateRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
+        schemas["GenerateParameters"]["properties"]["max_new_tokens"]["maximum"] = \
+            settings.max_new_tokens
+        params = schemas["GenerateParameters"]["properties"]
+        params["max_new_tokens"]["default"] = min(100, settings.max_new_tokens)
+        params["stop"]["items"] = {"type": "string", "minLength": 1, "maxLength": 64}
+        for name, allowed in NEUTRAL_TGI.items():  # accepted at their neutral values only
+            values = [v for v in allowed if v is not None]
+            params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),
+                            "description": "TGI parameter not implemented; neutral value only."}
+        for path in _GUARDED:
+            for operation in spec["paths"].get(path, {}).values():
+                for code, description in _ANSWERS.items():
+                    operation["responses"][code] = {
+                        "description": description,
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/ErrorResponse"}}}}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 __all__ = [
@@ -85,7 +87,31 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+def _clip(value: Any, limit: int = 80) -> Any:
+    """The offending input itself when it is short and JSON-safe, else a clipped text of it."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError):  # bytes, inf, NaN, ...
+            return _clip(repr(value), limit)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape, with each offending input clipped so a huge value is not echoed."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{k: (_clip(v) if k == "input" else v) for k, v in err.items() if k != "ctx"}
+              | ({"ctx": {k: str(v) for k, v in err["ctx"].items()}} if "ctx" in err else {})
+              for err in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to their statuses; anything else is logged and answered 500."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -72,7 +72,10 @@ def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor,
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     greedy = params.temperature <= 0
-    temperature = torch.where(greedy, torch.ones_like(params.temperature), params.temperature)
+    # A tiny temperature would overflow the scaled logits into inf and NaN: floor it (at
+    # 1e-3 sampling is already greedy for any real logit gap).
+    temperature = torch.where(greedy, torch.ones_like(params.temperature),
+                              params.temperature.clamp(min=1e-3))
     scaled = logits / temperature[:, None].to(logits.dtype)
     ordered, order = scaled.sort(dim=-1, descending=True)  # B V
     rank = torch.arange(ordered.size(1), device=ordered.device)[None, :]  # 1 V

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import RegistryDep, SettingsDep
 from app.entry import ModelEntry
-from app.errors import DeadlineExceeded, InvalidInput
+from app.errors import DeadlineExceeded, InvalidInput, ServiceError
 from app.generation import GenerationJob, TokenEvent, default_seed
 from app.registry import Registry
 from app.schemas import GenerateDetails, GenerateRequest, GenerateResponse, StreamResponse, Token
@@ -97,8 +97,11 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
                 return
             yield f"data: {out.model_dump_json()}\n\n"
             event = await _next(job)
-    except Exception as exc:  # tell the client in-band, as TGI does
-        yield f"data: {json.dumps({'error': str(exc), 'error_type': type(exc).__name__})}\n\n"
+    except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
+        known = isinstance(exc, ServiceError)
+        error = {"error": str(exc) if known else "internal error",
+                 "error_type": type(exc).__name__ if known else "internal"}
+        yield f"data: {json.dumps(error)}\n\n"
     finally:
         job.cancel()  # a client that left is dropped at the next step
 

@@ -92,3 +92,13 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, sentiment_files: tuple[
     assert train_main(tiny_classifier_args(*sentiment_files, models / "sentiment")) == 0
     assert train_main(tiny_lm_args(lm_file, models / "shakespeare")) == 0
     return models
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` when torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

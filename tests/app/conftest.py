@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +22,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -36,6 +44,49 @@ def running_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def slowed(engine: Any, seconds: float) -> Iterator[None]:
+    """Make a batch engine's forward pass take `seconds` longer, as a bigger model's would."""
+    real = engine.run_batch
+
+    def slow(items: list[Any]) -> Any:
+        time.sleep(seconds)
+        return real(items)
+    engine.run_batch = slow
+    try:
+        yield
+    finally:
+        engine.run_batch = real
+
+
+@contextmanager
+def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`uvicorn app.main:app` as a child process with `env` added; yields (url, process) once
+    it is ready. The caller stops it (SIGTERM) and reads its output."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host",
+                             "127.0.0.1", "--port", str(port)], cwd=ROOT, env=os.environ | env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

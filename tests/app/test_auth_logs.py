@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,8 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.app.conftest import server_process
 
 
 def test_api_keys_guard_model_routes_but_not_health(models_dir: Path) -> None:
@@ -49,34 +43,13 @@ def test_request_id_is_taken_or_made_and_echoed(models_dir: Path) -> None:
         assert len(made.headers["x-request-id"]) == 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> None:
-    port = _free_port()
-    env = os.environ | {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json",
-                        "RNN_API_KEYS": "secret-key-123"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
+    env = {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json",
+           "RNN_API_KEYS": "secret-key-123"}
+    with server_process(env) as (url, proc):
         r = httpx.post(f"{url}/classify", json={"inputs": "fine"},
                        headers={"X-Request-Id": "req-42", "Authorization": "Bearer secret-key-123"})
         assert r.status_code == 200
-    finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
@@ -90,22 +63,7 @@ def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> 
 
 
 def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:
-    port = _free_port()
-    env = os.environ | {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
+    with server_process({"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json"}) as (url, proc):
         body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 1024, "seed": 2,
                                                    "temperature": 1.0}}
         events = []
@@ -119,9 +77,6 @@ def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:
         assert events[-1]["details"]["finish_reason"] == "length"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health/ready", timeout=2)  # no new connections while draining
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "draining" in out

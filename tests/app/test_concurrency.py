@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.main import create_app
 from app.registry import Registry
 from app.settings import Settings
-from tests.app.conftest import running_server
+from tests.app.conftest import running_server, slowed
 from tests.conftest import sentiment_rows
 
 
@@ -29,19 +28,6 @@ def server(models_dir: Path) -> Iterator[tuple[str, Registry]]:
         yield url, registry
 
 
-@contextmanager
-def _slowed(engine: Any, seconds: float) -> Iterator[None]:
-    """Make the model's forward pass take `seconds` longer, as a bigger model's would."""
-    real = engine.run_batch
-
-    def slow(items: list[Any]) -> Any:
-        time.sleep(seconds)
-        return real(items)
-    engine.run_batch = slow
-    try:
-        yield
-    finally:
-        engine.run_batch = real
 
 
 def test_64_concurrent_classify_requests_share_few_forward_passes(
@@ -56,7 +42,7 @@ def test_64_concurrent_classify_requests_share_few_forward_passes(
             alone = [(await http.post("/classify", json={"inputs": t})).json() for t in texts[:8]]
             before = metric(url, "rnn_batch_size_count", model="sentiment")
             rows_before = metric(url, "rnn_batch_size_sum", model="sentiment")
-            with _slowed(engine, 0.05):
+            with slowed(engine, 0.05):
                 responses = await asyncio.gather(*(http.post("/classify", json={"inputs": t})
                                                    for t in texts))
             passes = metric(url, "rnn_batch_size_count", model="sentiment") - before

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import running_server
-
-
-@contextmanager
-def slowed(engine: Any, seconds: float) -> Iterator[None]:
-    """Make a batch engine's forward pass take `seconds` longer."""
-    real = engine.run_batch
-
-    def slow(items: list[Any]) -> Any:
-        time.sleep(seconds)
-        return real(items)
-    engine.run_batch = slow
-    try:
-        yield
-    finally:
-        engine.run_batch = real
+from tests.app.conftest import running_server, slowed
 
 
 def _burst(url: str, n: int, path: str, body: dict[str, Any]) -> list[httpx.Response]:

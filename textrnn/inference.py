@@ -13,11 +13,9 @@ __all__ = ["classify_logits", "pad_batch", "sequence_logprobs"]
 def pad_batch(seqs: list[list[int]], device: torch.device | str = "cpu",
               pad: int = 0) -> tuple[Tensor, Tensor]:
     """Right-padded ids [B, T] and lengths [B] (every length at least 1)."""
+    width = max(1, max((len(s) for s in seqs), default=1))
     lengths = torch.tensor([max(1, len(s)) for s in seqs], dtype=torch.long)
-    ids = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)  # B T
     return ids.to(device), lengths
 
 

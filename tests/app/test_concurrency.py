@@ -135,3 +135,21 @@ def test_a_disconnected_stream_leaves_the_batch(server: tuple[str, Registry]) ->
             assert tokens - start_tokens < 512, "the sequence ran on after its client left"
 
     asyncio.run(run())
+
+
+def test_max_wait_holds_a_batch_open_for_company(models_dir: Path) -> None:
+    app = create_app(Settings(models_dir=models_dir, max_wait_ms=300))
+    with running_server(app) as url:
+        engine = app.state.registry.entries["sentiment"].classify
+
+        async def run() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                await http.get("/health/live")  # open the connection first
+                before = engine.batches_run
+                first = asyncio.create_task(http.post("/classify", json={"inputs": "one"}))
+                await asyncio.sleep(0.1)
+                second = await http.post("/classify", json={"inputs": "two"})
+                assert (await first).status_code == second.status_code == 200
+                assert engine.batches_run - before == 1
+
+        asyncio.run(run())

@@ -19,6 +19,7 @@ __all__ = [
     "LabelScore",
     "ScoreRequest",
     "ScoreResult",
+    "StreamDetails",
     "StreamResponse",
     "Token",
 ]
@@ -145,12 +146,17 @@ class Token(BaseModel):
     special: bool = False
 
 
-class GenerateDetails(BaseModel):
-    """How generation went (when `details` is asked for, and on the last stream event)."""
+class StreamDetails(BaseModel):
+    """How generation went, on the last stream event."""
 
     finish_reason: Literal["length", "stop_sequence", "cancelled"]
     generated_tokens: int
     seed: int
+
+
+class GenerateDetails(StreamDetails):
+    """How generation went, with every token (when `details` is asked for)."""
+
     tokens: list[Token] = Field(default_factory=list)
 
 
@@ -167,7 +173,7 @@ class StreamResponse(BaseModel):
     index: int
     token: Token
     generated_text: str | None = None
-    details: GenerateDetails | None = None
+    details: StreamDetails | None = None
 
 
 class ScoreRequest(_Strict):

@@ -15,7 +15,14 @@ from app.entry import ModelEntry
 from app.errors import DeadlineExceeded, InvalidInput, ServiceError
 from app.generation import GenerationJob, TokenEvent, default_seed
 from app.registry import Registry
-from app.schemas import GenerateDetails, GenerateRequest, GenerateResponse, StreamResponse, Token
+from app.schemas import (
+    GenerateDetails,
+    GenerateRequest,
+    GenerateResponse,
+    StreamDetails,
+    StreamResponse,
+    Token,
+)
 from app.settings import Settings
 
 router = APIRouter(tags=["inference"])
@@ -91,8 +98,8 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
             out = StreamResponse(index=event.index, token=_token(event))
             if event.finish_reason is not None:
                 out.generated_text = "".join(text)
-                out.details = GenerateDetails(finish_reason=event.finish_reason,
-                                              generated_tokens=len(text), seed=job.seed)
+                out.details = StreamDetails(finish_reason=event.finish_reason,
+                                            generated_tokens=len(text), seed=job.seed)
                 yield f"data: {out.model_dump_json()}\n\n"
                 return
             yield f"data: {out.model_dump_json()}\n\n"

@@ -1,15 +1,14 @@
-"""The load generator: drives a running server over HTTP from this process (async httpx)."""
+"""The load generator: drives a running server over HTTP from this process (asyncio)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections import Counter
 from typing import Any
 
-import httpx
+from bench.http import Connection
 
 __all__ = ["classify_load", "generate_load", "percentile"]
 
@@ -36,28 +35,36 @@ async def classify_load(url: str, texts: list[str], concurrency: int, seconds: f
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await http.post("/classify", json={"inputs": texts[0]})
-        start = time.perf_counter()
+    host, port = _address(url)
+    warm = Connection(host, port)
+    await warm.request("POST", "/classify", {"inputs": texts[0]})
+    await warm.close()
+    start = time.perf_counter()
 
-        async def client() -> None:
+    async def client() -> None:
+        conn = Connection(host, port)
+        try:
             while time.perf_counter() - start < seconds:
                 n = next(counter)
                 if n >= max_requests:
                     return
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/classify", json={"inputs": texts[n % len(texts)]})
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors[str(r.status_code)] += 1
-                except httpx.HTTPError as e:
+                    status, _ = await conn.request("POST", "/classify",
+                                                   {"inputs": texts[n % len(texts)]})
+                except (OSError, asyncio.IncompleteReadError) as e:
                     errors[type(e).__name__] += 1
+                    await conn.close()
+                    continue
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[str(status)] += 1
+        finally:
+            await conn.close()
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
     return _summary(latencies, errors, elapsed, len(latencies), "texts")
 
 
@@ -67,41 +74,47 @@ async def generate_load(url: str, concurrency: int, tokens: int, rounds: int) ->
     first_token: list[float] = []
     errors: Counter[str] = Counter()
     produced = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        start = time.perf_counter()
+    host, port = _address(url)
+    start = time.perf_counter()
 
-        async def client(index: int) -> None:
-            nonlocal produced
-            for r in range(rounds):
-                body = {"inputs": "ROMEO:", "parameters": {
-                    "max_new_tokens": tokens, "temperature": 0.8, "top_k": 40, "top_p": 0.95,
-                    "seed": index * 1000 + r}}
-                t0 = time.perf_counter()
-                seen = 0
-                try:
-                    async with http.stream("POST", "/generate_stream", json=body) as resp:
-                        if resp.status_code != 200:
-                            errors[str(resp.status_code)] += 1
-                            continue
-                        async for line in resp.aiter_lines():
-                            if not line.startswith("data:"):
-                                continue
-                            if seen == 0:
-                                first_token.append(time.perf_counter() - t0)
-                            seen += 1
-                            if json.loads(line[5:]).get("generated_text") is not None:
-                                break
-                except httpx.HTTPError as e:
-                    errors[type(e).__name__] += 1
-                    continue
-                produced += seen
-                latencies.append(time.perf_counter() - t0)
+    async def client(index: int) -> None:
+        nonlocal produced
+        conn = Connection(host, port)
+        for r in range(rounds):
+            body = {"inputs": "ROMEO:", "parameters": {
+                "max_new_tokens": tokens, "temperature": 0.8, "top_k": 40, "top_p": 0.95,
+                "seed": index * 1000 + r}}
+            t0 = time.perf_counter()
+            seen = 0
+            status = 0
+            try:
+                async for part in conn.stream("/generate_stream", body):
+                    if isinstance(part, int):
+                        status = part
+                        continue
+                    if status == 200 and seen == 0:
+                        first_token.append(time.perf_counter() - t0)
+                    seen += part.count(b"data:")
+            except (OSError, asyncio.IncompleteReadError) as e:
+                errors[type(e).__name__] += 1
+                await conn.close()
+                continue
+            if status != 200:
+                errors[str(status)] += 1
+                continue
+            produced += seen
+            latencies.append(time.perf_counter() - t0)
+        await conn.close()
 
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - start
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - start
     out = _summary(latencies, errors, elapsed, produced, "tokens")
     out["ttft_p50_ms"] = percentile(first_token, 50) * 1000
     out["ttft_p99_ms"] = percentile(first_token, 99) * 1000
     out["ttft_mean_ms"] = statistics.fmean(first_token) * 1000 if first_token else float("nan")
     return out
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").partition(":")
+    return host, int(port)

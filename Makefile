@@ -50,3 +50,6 @@ clean:
 
 bench: setup  ## load benchmark: server vs offline limit vs unbatched baseline (bench/results/)
 	$(PY) -m bench.run
+
+compare: setup  ## RNN vs LSTM vs GRU on both tasks, same budget: table + plot into the README
+	$(PY) -m training.compare --shared $(SHARED)

@@ -96,8 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected = [Depends(_refuse_when_draining), Depends(require_key)]
     for module in (classify, generate, score, models, admin):
         app.include_router(module.router, dependencies=protected)
-    for module in (health, metrics):
-        app.include_router(module.router)
+    app.include_router(metrics.router, dependencies=protected if settings.protect_metrics else [])
+    app.include_router(health.router)  # orchestrators probe health without keys
     install_docs(app)
     install_openapi(app, settings)
     return app

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer keys; empty: no auth.")
+    protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated allowed CORS origins.")
     default_classifier: str | None = Field(None, description="Model for /classify by default.")

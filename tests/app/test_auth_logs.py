@@ -33,6 +33,11 @@ def test_api_keys_guard_model_routes_but_not_health(models_dir: Path) -> None:
         assert client.get("/metrics").status_code == 200
     with TestClient(create_app(Settings(models_dir=models_dir))) as open_client:
         assert open_client.post("/classify", json={"inputs": "x"}).status_code == 200
+    locked = Settings(models_dir=models_dir, api_keys=["k"], protect_metrics=True)
+    with TestClient(create_app(locked)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert client.get("/health/live").status_code == 200
 
 
 def test_request_id_is_taken_or_made_and_echoed(models_dir: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from app.errors import InvalidInput
+from app.errors import ClientGone, InvalidInput
 from app.registry import Registry
 from app.settings import Settings
 
-__all__ = ["RegistryDep", "SettingsDep", "check_texts"]
+__all__ = ["RegistryDep", "SettingsDep", "check_texts", "unless_disconnected"]
+
+T = TypeVar("T")
 
 
 def _registry(request: Request) -> Registry:
@@ -39,3 +43,27 @@ def check_texts(inputs: str | list[str], settings: Settings, field: str = "input
             raise InvalidInput(f"{where} has {len(text)} characters; the limit is "
                                f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
     return texts
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server sends is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T],
+                              on_disconnect: Callable[[], None] | None = None) -> T:
+    """Await `work`, giving it up the moment the client goes away (its queued work is
+    dropped, a generation is cancelled)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        if on_disconnect is not None:
+            on_disconnect()
+        raise ClientGone("the client disconnected")
+    finally:
+        gone.cancel()

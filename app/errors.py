@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 __all__ = [
+    "ClientGone",
     "DeadlineExceeded",
     "InvalidInput",
     "ModelNotFound",
@@ -62,6 +63,12 @@ class ModelNotReady(ServiceError):
 
     status_code = 503
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class ClientGone(ServiceError):
+    """The client disconnected before its answer was ready (nginx's 499; nobody reads it)."""
+
+    status_code = 499
 
 
 class Overloaded(ServiceError):

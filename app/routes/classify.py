@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.deps import RegistryDep, SettingsDep, check_texts
+from app.deps import RegistryDep, SettingsDep, check_texts, unless_disconnected
 from app.schemas import ClassifyRequest, LabelScore
 
 router = APIRouter(tags=["inference"])
@@ -12,12 +12,12 @@ router = APIRouter(tags=["inference"])
 
 @router.post("/classify", response_model=list[list[LabelScore]])
 async def classify(body: ClassifyRequest, registry: RegistryDep, settings: SettingsDep,
-                   response: Response) -> list[list[LabelScore]]:
+                   request: Request, response: Response) -> list[list[LabelScore]]:
     """Label scores for each input, best first (all labels, or the best `top_k`)."""
     texts = check_texts(body.inputs, settings)
     entry = registry.get(body.model, "classify")
     assert entry.classify is not None and entry.artifact is not None
-    probs = await entry.classify.submit(texts)
+    probs = await unless_disconnected(request, entry.classify.submit(texts))
     labels = entry.artifact.labels
     k = body.parameters.top_k or len(labels)
     response.headers["X-Model"] = entry.version

@@ -7,10 +7,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.deps import RegistryDep, SettingsDep
+from app.deps import RegistryDep, SettingsDep, unless_disconnected
 from app.entry import ModelEntry
 from app.errors import DeadlineExceeded, InvalidInput, ServiceError
 from app.generation import GenerationJob, TokenEvent, default_seed
@@ -114,13 +114,15 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
 
 
 async def _respond(body: GenerateRequest, registry: Registry, settings: Settings,
-                   response: Response, stream: bool) -> Response | GenerateResponse:
+                   request: Request, response: Response, stream: bool) -> Response | GenerateResponse:
     entry, job = _start(body, registry, settings)
     try:
-        first = await _first(job, settings.request_timeout_s)  # errors keep their HTTP status
+        first = await unless_disconnected(  # errors before the first token keep their status
+            request, _first(job, settings.request_timeout_s), job.cancel)
         if not stream:
             response.headers["X-Model"] = entry.version
-            return await _collect(job, first, body.parameters.details)
+            return await unless_disconnected(
+                request, _collect(job, first, body.parameters.details), job.cancel)
     except BaseException:
         job.cancel()
         raise
@@ -132,15 +134,15 @@ async def _respond(body: GenerateRequest, registry: Registry, settings: Settings
              summary="TGI's root route: /generate, or /generate_stream with stream: true")
 @router.post("/generate", response_model=GenerateResponse, responses=_STREAM_DOC)
 async def generate(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
-                   response: Response) -> Response | GenerateResponse:
+                   request: Request, response: Response) -> Response | GenerateResponse:
     """Continue the prompt; `stream: true` answers as /generate_stream does."""
-    return await _respond(body, registry, settings, response, body.stream)
+    return await _respond(body, registry, settings, request, response, body.stream)
 
 
 @router.post("/generate_stream", responses=_STREAM_DOC)
-async def generate_stream(body: GenerateRequest, registry: RegistryDep,
-                          settings: SettingsDep, response: Response) -> Response:
+async def generate_stream(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
+                          request: Request, response: Response) -> Response:
     """Continue the prompt, one server-sent event per token; the last carries the text."""
-    result = await _respond(body, registry, settings, response, True)
+    result = await _respond(body, registry, settings, request, response, True)
     assert isinstance(result, Response)
     return result

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.deps import RegistryDep, SettingsDep, check_texts
+from app.deps import RegistryDep, SettingsDep, check_texts, unless_disconnected
 from app.schemas import ScoreRequest, ScoreResult
 
 router = APIRouter(tags=["inference"])
@@ -12,11 +12,11 @@ router = APIRouter(tags=["inference"])
 
 @router.post("/score", response_model=list[ScoreResult])
 async def score(body: ScoreRequest, registry: RegistryDep, settings: SettingsDep,
-                response: Response) -> list[ScoreResult]:
+                request: Request, response: Response) -> list[ScoreResult]:
     """Log-probability, perplexity and bits per character of each text under a language model."""
     texts = check_texts(body.inputs, settings)
     entry = registry.get(body.model, "score")
     assert entry.score is not None
-    results = await entry.score.submit(texts)
+    results = await unless_disconnected(request, entry.score.submit(texts))
     response.headers["X-Model"] = entry.version
     return [ScoreResult(**r) for r in results]

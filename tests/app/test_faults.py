@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,44 @@ def test_exception_in_a_generation_step_fails_that_batch_and_generation_goes_on(
                                                 "parameters": {"max_new_tokens": 20}})
     assert after.status_code == 200 and len(after.json()["generated_text"]) == 20
     assert "secret" not in r.text
+
+
+def test_a_client_that_leaves_while_queued_frees_its_work(live: tuple[str, Any]) -> None:
+    url, registry = live
+    engine = registry.entries["sentiment"].classify
+    seen: list[str] = []
+    real = engine.run_batch
+
+    def recording(items: list[str]) -> Any:
+        seen.extend(items)
+        time.sleep(0.5)
+        return real(items)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            busy = asyncio.create_task(http.post("/classify", json={"inputs": "first"}))
+            while not engine.running:
+                await asyncio.sleep(0.005)
+            with pytest.raises(httpx.ReadTimeout):  # gives up and closes its connection
+                await http.post("/classify", json={"inputs": "impatient"}, timeout=0.1)
+            assert (await busy).status_code == 200
+
+    engine.run_batch = recording
+    try:
+        asyncio.run(run())
+        time.sleep(0.3)
+    finally:
+        engine.run_batch = real
+    assert seen == ["first"] and engine.depth == 0
+
+
+def test_a_client_that_leaves_a_plain_generate_frees_its_sequence(live: tuple[str, Any]) -> None:
+    url, registry = live
+    generator = registry.entries["shakespeare"].generator
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/generate", json={"inputs": "ROMEO:", "parameters": {
+            "max_new_tokens": 1024}}, timeout=0.05)
+    deadline = time.monotonic() + 2
+    while generator.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert generator.active == 0 and generator.waiting == 0

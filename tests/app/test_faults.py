@@ -172,6 +172,7 @@ def test_a_client_that_leaves_while_queued_frees_its_work(live: tuple[str, Any])
 def test_a_client_that_leaves_a_plain_generate_frees_its_sequence(live: tuple[str, Any]) -> None:
     url, registry = live
     generator = registry.entries["shakespeare"].generator
+    steps = generator.steps_run
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/generate", json={"inputs": "ROMEO:", "parameters": {
             "max_new_tokens": 1024}}, timeout=0.05)
@@ -179,3 +180,4 @@ def test_a_client_that_leaves_a_plain_generate_frees_its_sequence(live: tuple[st
     while generator.active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert generator.active == 0 and generator.waiting == 0
+    assert generator.steps_run - steps < 1000, "the sequence ran on after its client left"

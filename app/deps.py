@@ -17,11 +17,11 @@ __all__ = ["RegistryDep", "SettingsDep", "check_texts", "unless_disconnected"]
 T = TypeVar("T")
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

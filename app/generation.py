@@ -285,4 +285,4 @@ def _finish_reason(job: GenerationJob) -> str | None:
 
 def default_seed() -> int:
     """A fresh random seed for a request that gave none."""
-    return int(torch.randint(0, 2**62, (1,)).item())
+    return int(torch.randint(0, 2**53, (1,)).item())

@@ -76,7 +76,8 @@ class GenerateParameters(_Strict):
     repetition_penalty: float | None = Field(None, gt=0, le=100, allow_inf_nan=False,
                                              description="Above 1 discourages repeats.")
     do_sample: bool | None = Field(None, description="Sample; default: when a warper is set.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same text.")
+    # 2**53: the largest integer every JSON client (and JSON Schema checker) holds exactly.
+    seed: int | None = Field(None, ge=0, le=2**53, description="Same seed, same text.")
     stop: list[str] = Field(default_factory=list, max_length=16,
                             description="Stop sequences; the text ends with the one that hit.")
     details: bool = Field(False, description="Return finish reason, seed and tokens.")

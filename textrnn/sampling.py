@@ -52,7 +52,8 @@ class RowParams:
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> Tensor:
     """CTRL-style penalty: seen tokens' positive logits divided, negative ones multiplied."""
-    p = penalty[:, None].to(logits.dtype)  # B 1
+    # Floored: a penalty that underflows to 0 in float32 would turn -inf logits into NaN.
+    p = penalty[:, None].to(logits.dtype).clamp(min=1e-3)  # B 1
     penalised = torch.where(logits > 0, logits / p, logits * p)
     return torch.where(seen, penalised, logits)
 
@@ -71,6 +72,8 @@ def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor,
     logprobs = torch.log_softmax(logits, dim=-1)  # B V
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        if banned is not None:
+            logits[:, banned] = float("-inf")
     greedy = params.temperature <= 0
     # A tiny temperature would overflow the scaled logits into inf and NaN: floor it (at
     # 1e-3 sampling is already greedy for any real logit gap).

@@ -59,3 +59,14 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
     ids, _ = choose_tokens(logits.clone(), _params(1, temperature=0.0, penalty=2.0),
                            torch.zeros(1, dtype=torch.long), seen)
     assert ids.item() == 1
+
+
+def test_extreme_penalties_never_pick_the_banned_token_or_give_nan() -> None:
+    logits = torch.randn(4, 10)
+    seen = torch.ones(4, 10, dtype=torch.bool)  # every token seen, the banned one too
+    for penalty in (5e-324, 1e-45, 1e30):
+        for temperature in (0.0, 1.0):
+            ids, logp = choose_tokens(logits.clone(), _params(4, temperature=temperature,
+                                                              penalty=penalty),
+                                      torch.zeros(4, dtype=torch.long), seen, banned=0)
+            assert (ids != 0).all() and torch.isfinite(logp).all()

@@ -74,11 +74,12 @@ class ClassifierJob:
     def loss(self, batch: list[int]) -> tuple[Tensor, int]:
         """Mean cross-entropy over one batch."""
         ids, lengths = pad_batch([self.train_ids[i] or [1] for i in batch])
-        if self.word_dropout > 0:
+        if self.word_dropout > 0:  # drawn on the CPU so a seed means the same on any device
             drop = (torch.rand(ids.shape) < self.word_dropout) & (ids > 1)
             ids = ids.masked_fill(drop, 1)  # 1 is the unknown word
-        logits = self.net(ids, lengths)
-        target = torch.tensor([self.train_labels[i] for i in batch])
+        device = self.net.head.weight.device
+        logits = self.net(ids.to(device), lengths)
+        target = torch.tensor([self.train_labels[i] for i in batch], device=device)
         return F.cross_entropy(logits, target), len(batch)
 
     def evaluate(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def _common(p: argparse.ArgumentParser, lr: float, batch: int) -> None:
     p.add_argument("--patience", type=int, default=5, help="evaluations without gain; 0 = off")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -102,7 +103,7 @@ def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
         "hyperparameters": asdict(cfg) | hyper,
         "seed": cfg.seed, "steps": result.steps, "epochs": result.epochs,
         "wall_time_s": result.wall_time_s, "stopped_because": result.stopped_because,
-        "device": "cpu", "threads": cfg.threads, "torch_version": torch.__version__,
+        "device": str(args.device), "threads": cfg.threads, "torch_version": torch.__version__,
     }
 
 
@@ -128,7 +129,7 @@ def _classify(args: argparse.Namespace) -> int:
                         pooling=args.pooling, num_labels=len(values))
     cfg = _train_config(args)
     torch.manual_seed(cfg.seed)
-    net = build_net(net_cfg)
+    net = build_net(net_cfg).to(args.device)
     assert isinstance(net, RNNClassifier)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
                         args.word_dropout)
@@ -170,7 +171,7 @@ def _lm(args: argparse.Namespace) -> int:
                         tie_weights=args.tie_weights)
     cfg = _train_config(args)
     torch.manual_seed(cfg.seed)
-    net = build_net(net_cfg)
+    net = build_net(net_cfg).to(args.device)
     assert isinstance(net, CharLM)
     job = LMJob(net, ids(train_text), ids(val_text), args.streams, args.bptt, cfg.seed)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)

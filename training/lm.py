@@ -63,7 +63,9 @@ class LMJob:
         start, first = batch
         if first:
             self.state = None
-        x, y = self.x[:, start:start + self.bptt], self.y[:, start:start + self.bptt]  # S T
+        device = self.net.head.weight.device
+        x = self.x[:, start:start + self.bptt].to(device)  # S T
+        y = self.y[:, start:start + self.bptt].to(device)  # S T
         logits, state = self.net(x, self.state)  # S T V
         self.state = _detach(state)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten()), x.numel()

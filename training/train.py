@@ -123,6 +123,8 @@ def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> Fit
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
+        if "cuda_rng" in ck and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         job.load_extra_state(ck["extra"])
         best_state, best_eval, history = ck["best_state"], ck["best_eval"], ck["history"]
         step, epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
@@ -142,7 +144,9 @@ def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> Fit
                     "extra": job.extra_state(), "best_state": best_state, "best_eval": best_eval,
                     "history": history, "step": step, "epoch": next_epoch, "batch": next_batch,
                     "best_metric": best_metric, "bad_evals": bad_evals, "elapsed": elapsed(),
-                    "config": asdict(cfg)}, tmp)
+                    "config": asdict(cfg)}
+                   | ({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available()
+                      else {}), tmp)
         tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
 
     def run_eval() -> bool:

@@ -153,3 +153,16 @@ def test_bad_data_stops_the_cli_with_file_and_line(tmp_path: Path, sentiment_fil
     args = tiny_classifier_args(sentiment_files[0], bad, tmp_path / "m" / "x")
     assert train_main(args) == 2
     assert "bad.tsv, line 3: label '2' is not in the label set" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda_and_exports_cpu_loadable_folders(
+        tmp_path: Path, sentiment_files: tuple[Path, Path], lm_file: Path) -> None:
+    models = tmp_path / "models"
+    assert train_main([*tiny_classifier_args(*sentiment_files, models / "clf"), "--device",
+                       "cuda"]) == 0
+    assert train_main([*tiny_lm_args(lm_file, models / "lm"), "--device", "cuda"]) == 0
+    for name in ("clf", "lm"):
+        art = load_artifact(models / name)  # loads on the CPU
+        assert art.config["training"]["device"] == "cuda"
+    assert load_artifact(models / "clf").config["metrics"]["dev"]["accuracy"] > 0.8

@@ -259,17 +259,26 @@ class GenerationScheduler:
         batch.last[rows.start:rows.stop] = ids
         GENERATED_TOKENS.labels(self.name).inc(len(rows))
         keep = list(range(rows.start)) if rows.start else []
+        out: list[tuple[GenerationJob, TokenEvent]] = []
         for r, token, logprob in zip(rows, ids.tolist(), logprobs.tolist(), strict=True):
             job = batch.jobs[r]
             text = self.texts[token]
             job.text += text
             job.generated += 1
             reason = _finish_reason(job)
-            job._emit(TokenEvent(job.generated - 1, token, text, logprob, reason))
+            out.append((job, TokenEvent(job.generated - 1, token, text, logprob, reason)))
             if reason is None:
                 keep.append(r)
         keep += list(range(rows.stop, len(batch.jobs)))
         batch.keep(keep)
+        if out:  # one wake-up of the event loop per step, not one per sequence
+            out[0][0].loop.call_soon_threadsafe(_deliver, out)
+
+
+def _deliver(events: list[tuple[GenerationJob, TokenEvent]]) -> None:
+    """Hand a step's tokens to their requests (runs on the event loop)."""
+    for job, event in events:
+        job.events.put_nowait(event)
 
 
 def _finish_reason(job: GenerationJob) -> str | None:

@@ -19,8 +19,6 @@ from app.schemas import (
     GenerateDetails,
     GenerateRequest,
     GenerateResponse,
-    StreamDetails,
-    StreamResponse,
     Token,
 )
 from app.settings import Settings
@@ -95,14 +93,18 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
     try:
         while True:
             text.append(event.text)
-            out = StreamResponse(index=event.index, token=_token(event))
+            # Written directly in StreamResponse's shape: this runs once per token per stream.
+            token = {"id": event.id, "text": event.text, "logprob": event.logprob,
+                     "special": False}
+            out: dict[str, Any] = {"index": event.index, "token": token,
+                                   "generated_text": None, "details": None}
             if event.finish_reason is not None:
-                out.generated_text = "".join(text)
-                out.details = StreamDetails(finish_reason=event.finish_reason,
-                                            generated_tokens=len(text), seed=job.seed)
-                yield f"data: {out.model_dump_json()}\n\n"
+                out["generated_text"] = "".join(text)
+                out["details"] = {"finish_reason": event.finish_reason,
+                                  "generated_tokens": len(text), "seed": job.seed}
+                yield f"data: {json.dumps(out, separators=(',', ':'))}\n\n"
                 return
-            yield f"data: {out.model_dump_json()}\n\n"
+            yield f"data: {json.dumps(out, separators=(',', ':'))}\n\n"
             event = await _next(job)
     except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
         known = isinstance(exc, ServiceError)

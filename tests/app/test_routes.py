@@ -5,6 +5,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from app.schemas import StreamResponse
+
 
 def test_health_and_models_list_the_broken_folder(client: TestClient) -> None:
     assert client.get("/health/live").json() == {"status": "live"}
@@ -118,6 +120,8 @@ def test_stream_sends_one_event_per_token_then_the_text(client: TestClient) -> N
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
     assert [e["index"] for e in events] == list(range(12))
+    for event in events:  # the hand-built events keep the documented (TGI) shape
+        assert StreamResponse.model_validate(event).model_dump(mode="json") == event
     assert all(e["generated_text"] is None for e in events[:-1])
     whole = client.post("/generate", json=body).json()["generated_text"]
     assert events[-1]["generated_text"] == whole == "".join(e["token"]["text"] for e in events)

@@ -62,6 +62,23 @@ def slowed(engine: Any, seconds: float) -> Iterator[None]:
 
 
 @contextmanager
+def slowed_steps(generator: Any, seconds: float) -> Iterator[None]:
+    """Make each generation step of a scheduler take `seconds` longer, so that concurrent
+    requests overlap however fast or slow the machine is."""
+    net = generator.net
+    real = net.step
+
+    def slow(*args: Any) -> Any:
+        time.sleep(seconds)
+        return real(*args)
+    net.step = slow
+    try:
+        yield
+    finally:
+        net.step = real
+
+
+@contextmanager
 def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`uvicorn app.main:app` as a child process with `env` added; yields (url, process) once
     it is ready. The caller stops it (SIGTERM) and reads its output."""

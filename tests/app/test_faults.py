@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import running_server
+from tests.app.conftest import running_server, slowed_steps
 
 
 def _break(folder: Path, how: str) -> None:
@@ -173,11 +173,12 @@ def test_a_client_that_leaves_a_plain_generate_frees_its_sequence(live: tuple[st
     url, registry = live
     generator = registry.entries["shakespeare"].generator
     steps = generator.steps_run
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{url}/generate", json={"inputs": "ROMEO:", "parameters": {
-            "max_new_tokens": 1024}}, timeout=0.05)
-    deadline = time.monotonic() + 2
-    while generator.active and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with slowed_steps(generator, 0.001):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/generate", json={"inputs": "ROMEO:", "parameters": {
+                "max_new_tokens": 1024}}, timeout=0.05)
+        deadline = time.monotonic() + 2
+        while generator.active and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert generator.active == 0 and generator.waiting == 0
     assert generator.steps_run - steps < 1000, "the sequence ran on after its client left"

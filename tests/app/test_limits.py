@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import running_server, slowed
+from tests.app.conftest import running_server, slowed, slowed_steps
 
 
 def _burst(url: str, n: int, path: str, body: dict[str, Any]) -> list[httpx.Response]:
@@ -33,7 +33,9 @@ def test_full_queue_answers_503_at_once_then_serves_again(models_dir: Path) -> N
         assert codes.count(200) >= 3 and codes.count(503) >= 1 and set(codes) <= {200, 503}
         refused = next(r for r in responses if r.status_code == 503)
         assert refused.headers["retry-after"] == "1" and "2 requests waiting" in refused.text
-        gen = _burst(url, 6, "/generate", {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 300}})
+        with slowed_steps(app.state.registry.entries["shakespeare"].generator, 0.002):
+            gen = _burst(url, 6, "/generate", {"inputs": "ROMEO:",
+                                               "parameters": {"max_new_tokens": 300}})
         assert {r.status_code for r in gen} == {200, 503}
         after = httpx.post(f"{url}/classify", json={"inputs": "a fine film"})
         assert after.status_code == 200
@@ -115,7 +117,8 @@ def test_generation_waiting_for_a_slot_past_its_deadline_gets_504(models_dir: Pa
                 waited = time.monotonic() - start
                 return await first, late, waited
 
-        first, late, waited = asyncio.run(run())
+        with slowed_steps(app.state.registry.entries["shakespeare"].generator, 0.001):
+            first, late, waited = asyncio.run(run())
         assert first.status_code == 200 and len(first.json()["generated_text"]) == 1000
         assert late.status_code == 504 and "generation slot" in late.text
         assert waited < 0.6

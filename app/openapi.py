@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas import NEUTRAL_TGI
+from app.schemas import NEUTRAL_TGI, STOP_MAX_CHARS
 from app.settings import Settings
 
 __all__ = ["install_openapi"]
@@ -50,11 +50,12 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             schemas[name]["properties"]["inputs"] |= _texts_schema(settings)
             schemas[name]["properties"]["inputs"].pop("type", None)
         schemas["GenerateRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
-        schemas["GenerateParameters"]["properties"]["max_new_tokens"]["maximum"] = \
-            settings.max_new_tokens
         params = schemas["GenerateParameters"]["properties"]
-        params["max_new_tokens"]["default"] = min(100, settings.max_new_tokens)
-        params["stop"]["items"] = {"type": "string", "minLength": 1, "maxLength": 64}
+        params["max_new_tokens"]["maximum"] = settings.max_new_tokens
+        # As the route does: the model's default, capped at the configured limit.
+        params["max_new_tokens"]["default"] = min(params["max_new_tokens"]["default"],
+                                                  settings.max_new_tokens)
+        params["stop"]["items"] = {"type": "string", "minLength": 1, "maxLength": STOP_MAX_CHARS}
         for name, allowed in NEUTRAL_TGI.items():  # accepted at their neutral values only
             values = [v for v in allowed if v is not None]
             params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "NEUTRAL_TGI",
+    "STOP_MAX_CHARS",
     "ClassifyParameters",
     "ClassifyRequest",
     "GenerateDetails",
@@ -24,6 +25,7 @@ __all__ = [
     "Token",
 ]
 
+STOP_MAX_CHARS = 64
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ModelName = Field(None, pattern=MODEL_NAME, description="Model folder name; default: the task's "
                   "default model.", examples=["sentiment"])
@@ -106,8 +108,8 @@ class GenerateParameters(_Strict):
     @classmethod
     def _stop_lengths(cls, value: list[str]) -> list[str]:
         for s in value:
-            if not 1 <= len(s) <= 64:
-                raise ValueError("each stop sequence must have 1 to 64 characters")
+            if not 1 <= len(s) <= STOP_MAX_CHARS:
+                raise ValueError(f"each stop sequence must have 1 to {STOP_MAX_CHARS} characters")
         return value
 
     def sampling(self) -> tuple[float, int, float, float]:

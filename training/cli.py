@@ -20,7 +20,7 @@ from textrnn.tokenization import build_char_tokenizer, build_word_tokenizer, enc
 from .classify import ClassifierJob, classification_report, predict
 from .data import DataError, read_examples, read_text
 from .export import export_model
-from .lm import LMJob, stream_loss
+from .lm import LMJob, char_ids, stream_loss
 from .train import TrainConfig, fit
 
 __all__ = ["main"]
@@ -159,10 +159,6 @@ def _lm(args: argparse.Namespace) -> int:
         cut = int(len(text) * (1 - args.val_fraction))
         train_text, val_text = text[:cut], text[cut:]
     tokenizer = build_char_tokenizer(train_text)
-    vocab = tokenizer.get_vocab()
-
-    def ids(s: str) -> torch.Tensor:
-        return torch.tensor([vocab.get(ch, 0) for ch in s], dtype=torch.long)
 
     hidden = args.hidden_size or 512
     net_cfg = NetConfig(task="generation", vocab_size=tokenizer.get_vocab_size(), cell=args.cell,
@@ -173,12 +169,13 @@ def _lm(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     net = build_net(net_cfg).to(args.device)
     assert isinstance(net, CharLM)
-    job = LMJob(net, ids(train_text), ids(val_text), args.streams, args.bptt, cfg.seed)
+    val_ids = char_ids(tokenizer, val_text)
+    job = LMJob(net, char_ids(tokenizer, train_text), val_ids, args.streams, args.bptt, cfg.seed)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
     net.load_state_dict(result.best_state)
     net.eval()
     with torch.inference_mode():
-        loss = stream_loss(net, ids(val_text), streams=1)
+        loss = stream_loss(net, val_ids, streams=1)
     val = {"loss": loss, "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss),
            "characters": len(val_text), "read_as": "one stream, state carried"}
     hyper = {"bptt": args.bptt, "streams": args.streams, "val_fraction": args.val_fraction}
@@ -206,10 +203,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             gold = [values.index(ex.label) for ex in examples]
             report = classification_report(artifact.labels, gold, pred)
         else:
-            vocab = artifact.tokenizer.get_vocab()
             text = read_text(args.data)
-            ids = torch.tensor([vocab.get(ch, 0) for ch in text], dtype=torch.long)
-            loss = stream_loss(artifact.net, ids, streams=args.streams)
+            loss = stream_loss(artifact.net, char_ids(artifact.tokenizer, text),
+                               streams=args.streams)
             report = {"loss": loss, "bits_per_char": loss / math.log(2),
                       "perplexity": math.exp(loss), "characters": len(text)}
     if args.json:

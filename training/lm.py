@@ -8,16 +8,24 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from textrnn.nets import CharLM, State
 
-__all__ = ["LMJob", "stream_loss"]
+__all__ = ["LMJob", "char_ids", "stream_loss"]
 
 
 def _detach(state: State) -> State:
     return (state[0].detach(), state[1].detach()) if isinstance(state, tuple) else state.detach()
+
+
+def char_ids(tokenizer: Tokenizer, text: str) -> Tensor:
+    """Ids of every character of `text` (unseen ones are the unknown id 0), as a tensor."""
+    vocab = tokenizer.get_vocab()
+    return torch.tensor([vocab.get(ch, 0) for ch in text], dtype=torch.long)
 
 
 def stream_loss(net: CharLM, ids: Tensor, streams: int = 1, chunk: int = 512) -> float:

@@ -78,30 +78,40 @@ class BatchEngine(Generic[T, R]):
         """Requests waiting for the worker."""
         return len(self._waiting)
 
-    async def submit(self, items: Sequence[T]) -> list[R]:
-        """Queue the items of one request and wait for their results."""
+    def submit(self, items: Sequence[T]) -> asyncio.Future[list[R]]:
+        """Queue the items of one request; the future gives their results. Cancelling it
+        drops the request if it has not been taken into a batch yet.
+
+        A future with callbacks rather than a coroutine: no task, no `wait_for` per request,
+        just one timer for the deadline (504 when still queued at it)."""
         if len(self._waiting) >= self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting; retry later")
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
-        pending: _Pending[T, R] = _Pending(items, asyncio.get_running_loop().create_future(),
-                                           now, now + self.timeout_s)
+        pending: _Pending[T, R] = _Pending(items, loop.create_future(), now, now + self.timeout_s)
         self._waiting.append(pending)
         QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
         self._wakeup.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_s)
-        except TimeoutError:
-            if pending in self._waiting:  # still waiting at its deadline: give up on it
+        timer = loop.call_later(self.timeout_s, self._expire, pending)
+
+        def settled(future: asyncio.Future[list[R]]) -> None:
+            timer.cancel()
+            if future.cancelled() and pending in self._waiting:  # the client went away
                 self._waiting.remove(pending)
                 QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
-                raise DeadlineExceeded(f"request waited {self.timeout_s:g} s for the model, "
-                                       "its deadline (RNN_REQUEST_TIMEOUT_S)") from None
-            return await pending.future  # already running: its answer is moments away
-        except asyncio.CancelledError:
-            # The client went away: drop the request if it has not been taken yet.
-            if pending in self._waiting:
-                self._waiting.remove(pending)
-            raise
+
+        pending.future.add_done_callback(settled)
+        return pending.future
+
+    def _expire(self, pending: _Pending[T, R]) -> None:
+        """The deadline passed: fail the request if it is still queued (a running one's
+        answer is moments away and is kept)."""
+        if pending in self._waiting and not pending.future.done():
+            self._waiting.remove(pending)
+            QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+            pending.future.set_exception(DeadlineExceeded(
+                f"request waited {self.timeout_s:g} s for the model, its deadline "
+                "(RNN_REQUEST_TIMEOUT_S)"))
 
     def _take(self) -> list[_Pending[T, R]]:
         taken: list[_Pending[T, R]] = []

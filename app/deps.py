@@ -54,16 +54,23 @@ async def _disconnected(request: Request) -> None:
 async def unless_disconnected(request: Request, work: Awaitable[T],
                               on_disconnect: Callable[[], None] | None = None) -> T:
     """Await `work`, giving it up the moment the client goes away (its queued work is
-    dropped, a generation is cancelled)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
+    dropped, a generation is cancelled). A future (the batcher's) is awaited as it is."""
+    future = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+
+    def gone(w: asyncio.Future[None]) -> None:
+        if not w.cancelled() and not future.done():
+            future.cancel()
+
+    watcher.add_done_callback(gone)
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        if on_disconnect is not None:
-            on_disconnect()
-        raise ClientGone("the client disconnected")
+        return await future
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            if on_disconnect is not None:
+                on_disconnect()
+            raise ClientGone("the client disconnected") from None
+        raise
     finally:
-        gone.cancel()
+        watcher.remove_done_callback(gone)
+        watcher.cancel()

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-__all__ = ["REQUEST_ID", "RequestIdMiddleware", "configure_logging"]
+__all__ = ["REQUEST_ID", "configure_logging"]
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "app", "textrnn")
 
 
@@ -52,28 +46,3 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
         logger.propagate = name != ""
         if name in ("", "app", "textrnn"):
             logger.setLevel(level)
-
-
-class RequestIdMiddleware:
-    """Take a safe `X-Request-Id` from the client or make one; echo it and log with it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
-        token = REQUEST_ID.set(request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-Id"] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            REQUEST_ID.reset(token)

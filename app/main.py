@@ -11,13 +11,12 @@ from contextlib import asynccontextmanager
 from types import FrameType
 
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.auth import require_key
-from app.errors import ModelNotReady, install_error_handlers
-from app.logs import RequestIdMiddleware, configure_logging
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.middleware import ServiceMiddleware
 from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
@@ -51,11 +50,6 @@ def _drain_on_sigterm(app: FastAPI) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-async def _refuse_when_draining(request: Request) -> None:
-    if request.app.state.draining:
-        raise ModelNotReady("the service is shutting down; retry on another instance")
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; settings default to those of the environment."""
     settings = settings or load_settings()
@@ -79,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.draining = True
             await registry.stop()
 
+    # FastAPI's own OpenTelemetry hooks are off: the service has its Prometheus metrics, and
+    # the hooks' per-request checks cost event-loop time on every request.
     app = FastAPI(title="textrnn", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False,
+                             "operation_spans": False},
                   description="Recurrent text models (RNN, LSTM, GRU): sentiment classification, "
                               "character-level generation and scoring, with batching.")
     app.state.settings = settings
@@ -90,14 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
-    protected = [Depends(_refuse_when_draining), Depends(require_key)]
-    for module in (classify, generate, score, models, admin):
-        app.include_router(module.router, dependencies=protected)
-    app.include_router(metrics.router, dependencies=protected if settings.protect_metrics else [])
-    app.include_router(health.router)  # orchestrators probe health without keys
+    # Keys and draining are checked by the middleware (see is_public for what is exempt).
+    app.add_middleware(ServiceMiddleware, settings=settings, state=app.state)
+    for module in (classify, generate, score, models, admin, metrics, health):
+        app.include_router(module.router)
     install_docs(app)
     install_openapi(app, settings)
     return app

@@ -1,87 +1,146 @@
-"""ASGI middleware: request body size limit (413) and per-route request metrics."""
+"""The service's one ASGI middleware: request id, body limit, draining, API keys, metrics.
+
+One layer instead of five: every request passes through here, and each nested middleware or
+FastAPI dependency cost tens of microseconds per request on the event loop that also parses
+and answers every other request (measured by `bench/asgi.py`).
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
+import re
 import time
+import uuid
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import ModelNotReady, ServiceError, Unauthorized
+from app.logs import REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
+from app.settings import Settings
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+__all__ = ["ServiceMiddleware", "is_public"]
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PUBLIC = frozenset({"/health/live", "/health/ready", "/docs", "/redoc", "/openapi.json"})
+_PUBLIC_PREFIX = "/docs-assets/"
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is over the limit of {limit} bytes "
-                                 "(RNN_MAX_BODY_BYTES)"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+def is_public(path: str, settings: Settings) -> bool:
+    """Paths served without a key and while draining: probes, docs, and /metrics unless
+    RNN_PROTECT_METRICS. Everything else (unknown paths too) is checked first."""
+    if path in _PUBLIC or path.startswith(_PUBLIC_PREFIX):
+        return True
+    return path == "/metrics" and not settings.protect_metrics
+
+
+async def _send_json(send: Send, status: int, detail: str,
+                     headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimitMiddleware:
-    """Answer 413 for a body over `limit` bytes, checked before the body is parsed: from
-    Content-Length when given, else while the chunks arrive."""
+def _check_key(headers: list[tuple[bytes, bytes]], keys: list[str]) -> None:
+    given = b""
+    for name, value in headers:
+        if name == b"authorization":
+            given = value
+    scheme, _, token = given.decode("latin-1").partition(" ")
+    # Compare against every key, in constant time, so timing tells nothing about any key.
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.strip().encode(), key.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class ServiceMiddleware:
+    """For every HTTP request: take a safe `X-Request-Id` from the client or make one (echoed,
+    and on every log line); answer 413 for a body over the limit, before it is parsed (from
+    Content-Length, else while the chunks arrive); refuse work while draining (503) or without
+    a valid key (401); count and time the request by route template and status."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, state: Any) -> None:
         self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _send_413(send, self.limit)
-                return
-        seen = 0
-        refused = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, refused
-            message = await receive()
-            if message["type"] == "http.request" and not refused:
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    # Answer now; the app sees a client that went away and stops reading.
-                    refused = True
-                    await _send_413(send, self.limit)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not refused:
-                await send(message)
-
-        await self.app(scope, limited_receive, guarded_send)
-
-
-class MetricsMiddleware:
-    """Count requests by route template and status, and time them."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        self.settings = settings
+        self.state = state  # the application's state: `draining` is read per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = {"code": 500}
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id = ""
+        length = -1
+        for name, value in headers:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit():
+                length = int(value)
+        if not _SAFE_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        status = 500
+        refused = False
+        seen = 0
+        limit = self.settings.max_body_bytes
 
-        async def recording_send(message: Message) -> None:
+        async def send_wrapped(message: Message) -> None:
+            nonlocal status
+            if refused:
+                return  # the app's own answer after the 413 went out
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
             await send(message)
 
+        async def receive_limited() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Answer now; the app sees a client that went away and stops reading.
+                    await _send_413(send_wrapped, limit)
+                    refused = True
+                    return {"type": "http.disconnect"}
+            return message
+
         try:
-            await self.app(scope, receive, recording_send)
+            if length > limit:
+                await _send_413(send_wrapped, limit)
+            elif not is_public(scope["path"], self.settings) and not await self._admit(
+                    headers, send_wrapped):
+                pass
+            else:
+                await self.app(scope, receive_limited, send_wrapped)
         finally:
             route: Any = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            REQUESTS.labels(label, str(status["code"])).inc()
+            REQUESTS.labels(label, str(status)).inc()
             REQUEST_DURATION.labels(label).observe(time.perf_counter() - start)
+            REQUEST_ID.reset(token)
+
+    async def _admit(self, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+        """False (and the answer sent) when draining or the key is missing or wrong."""
+        try:
+            if self.state.draining:
+                raise ModelNotReady("the service is shutting down; retry on another instance")
+            if self.settings.api_keys:
+                _check_key(headers, self.settings.api_keys)
+        except ServiceError as e:
+            await _send_json(send, e.status_code, str(e), e.headers)
+            return False
+        return True
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    await _send_json(send, 413, f"request body is over the limit of {limit} bytes "
+                                "(RNN_MAX_BODY_BYTES)")

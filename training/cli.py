@@ -1,10 +1,11 @@
-"""`python -m training classify|lm|evaluate`: train, export and evaluate models."""
+"""`python -m training classify|pretrain|lm|evaluate`: train, export and evaluate models."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import random
 import shlex
 import sys
 from dataclasses import asdict, fields
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from textrnn.artifact import ArtifactError, load_artifact, sha256_file
 from textrnn.nets import CELLS, POOLINGS, CharLM, NetConfig, RNNClassifier, build_net
@@ -21,6 +23,7 @@ from .classify import ClassifierJob, classification_report, predict
 from .data import DataError, read_examples, read_text
 from .export import export_model
 from .lm import LMJob, char_ids, stream_loss
+from .pretrain import BiLM, BiLMJob, chunk_sentences, load_encoder, save_encoder
 from .train import TrainConfig, fit
 
 __all__ = ["main"]
@@ -69,7 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-frequency", type=int, default=1)
     c.add_argument("--max-vocab", type=int, default=30_000)
     c.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
+    c.add_argument("--init-from", type=Path,
+                   help="encoder from `pretrain`: its tokenizer, architecture and weights")
     _common(c, lr=2e-3, batch=64)
+    t = sub.add_parser("pretrain", help="pretrain a classifier encoder as a bidirectional LM")
+    t.add_argument("--text", type=Path, required=True, help=".tsv/.csv/.jsonl, or .txt (a line each)")
+    t.add_argument("--text-column", default="text")
+    t.add_argument("--label-column", help="also learn these labels (max-pooled head)")
+    t.add_argument("--label-weight", type=float, default=1.0, help="weight of the label loss")
+    t.add_argument("--vocab-text", type=Path, action="append", default=[],
+                   help="more files whose words join the vocabulary (the classifier's data)")
+    t.add_argument("--vocab-text-column", default="text")
+    t.add_argument("--min-frequency", type=int, default=3)
+    t.add_argument("--max-vocab", type=int, default=20_000)
+    t.add_argument("--chunk-length", type=int, default=64, help="tokens per training chunk")
+    t.add_argument("--val-fraction", type=float, default=0.02, help="documents held out")
+    t.add_argument("--cutoffs", default="2000,8000", help="adaptive softmax cluster bounds")
+    _common(t, lr=2e-3, batch=64)
     m = sub.add_parser("lm", help="train a character language model")
     m.add_argument("--text", type=Path, required=True, help="UTF-8 plain text")
     m.add_argument("--val-text", type=Path, help="validation text (default: the last part)")
@@ -115,8 +134,21 @@ def _classify(args: argparse.Namespace) -> int:
     if len(names) != len(values):
         raise SystemExit(f"error: --label-names gives {len(names)} names for {len(values)} labels")
     dev = read_examples(args.dev, args.text_column, args.label_column, values)
-    tokenizer = build_word_tokenizer([ex.text for ex in train], min_frequency=args.min_frequency,
-                                     max_vocab=args.max_vocab)
+    pretrained = load_encoder(args.init_from) if args.init_from else None
+    if pretrained is not None:
+        tokenizer = Tokenizer.from_str(pretrained["tokenizer"])
+        arch = pretrained["architecture"]
+        defaults = {"cell": "lstm", "embedding_dim": None, "hidden_size": None, "num_layers": 1,
+                    "bidirectional": False}
+        for key, default in defaults.items():
+            given = getattr(args, key)
+            if given not in (default, arch[key]):
+                raise SystemExit(f"error: --{key.replace('_', '-')} {given} differs from the "
+                                 f"encoder's {arch[key]} ({args.init_from})")
+            setattr(args, key, arch[key])
+    else:
+        tokenizer = build_word_tokenizer([ex.text for ex in train],
+                                         min_frequency=args.min_frequency, max_vocab=args.max_vocab)
 
     def encode(examples: list[Any]) -> tuple[list[list[int]], list[int]]:
         ids = encode_batch(tokenizer, [ex.text for ex in examples])
@@ -129,8 +161,13 @@ def _classify(args: argparse.Namespace) -> int:
                         pooling=args.pooling, num_labels=len(values))
     cfg = _train_config(args)
     torch.manual_seed(cfg.seed)
-    net = build_net(net_cfg).to(args.device)
+    net = build_net(net_cfg)
     assert isinstance(net, RNNClassifier)
+    if pretrained is not None:  # everything but the head, which is new for these labels
+        encoder = {k: v for k, v in pretrained["state_dict"].items() if not k.startswith("head.")}
+        missing = net.load_state_dict(encoder, strict=False).missing_keys
+        assert sorted(missing) == ["head.bias", "head.weight"], missing
+    net = net.to(args.device)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
                         args.word_dropout)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
@@ -140,11 +177,63 @@ def _classify(args: argparse.Namespace) -> int:
         dev_report = job.evaluate()
     hyper = {"word_dropout": args.word_dropout, "min_frequency": args.min_frequency,
              "max_vocab": args.max_vocab}
+    if pretrained is not None:
+        hyper |= {"init_from": str(args.init_from), "pretraining": pretrained["provenance"]}
     extra = {"labels": names, "label_values": values, "max_length": args.max_length,
              "training": _provenance(args, [args.train, args.dev], cfg, result, hyper),
              "metrics": {"dev": dev_report}}
     export_model(args.out, net, tokenizer, extra, result.history, "accuracy")
     print(f"dev accuracy {dev_report['accuracy']:.4f}, macro F1 {dev_report['macro_f1']:.4f}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    docs = read_examples(args.text, args.text_column, args.label_column)
+    values = sorted({d.label for d in docs}) if args.label_column else []
+    extra = [ex.text for path in args.vocab_text
+             for ex in read_examples(path, args.vocab_text_column, None)]
+    tokenizer = build_word_tokenizer([d.text for d in docs] + extra,
+                                     min_frequency=args.min_frequency, max_vocab=args.max_vocab)
+    held_out = random.Random(args.seed).sample(range(len(docs)),
+                                               max(1, int(len(docs) * args.val_fraction)))
+    split: dict[bool, tuple[list[list[int]], list[int]]] = {True: ([], []), False: ([], [])}
+    val_rows = set(held_out)
+    for row, enc in enumerate(tokenizer.encode_batch([d.text for d in docs],
+                                                     add_special_tokens=False)):
+        ids, labels = split[row in val_rows]
+        chunks = chunk_sentences(enc.tokens, enc.ids, args.chunk_length)
+        ids.extend(chunks)
+        if values:
+            labels.extend([values.index(docs[row].label)] * len(chunks))
+    hidden = args.hidden_size or 256
+    net_cfg = NetConfig(task="classification", vocab_size=tokenizer.get_vocab_size(),
+                        cell=args.cell, embedding_dim=args.embedding_dim or 200,
+                        hidden_size=hidden, num_layers=args.num_layers, bidirectional=True,
+                        dropout=args.dropout, pooling="max", num_labels=max(2, len(values)))
+    cfg = _train_config(args)
+    torch.manual_seed(cfg.seed)
+    encoder = build_net(net_cfg)
+    assert isinstance(encoder, RNNClassifier)
+    net = BiLM(encoder, [int(c) for c in args.cutoffs.split(",")]).to(args.device)
+    train_ids, train_labels = split[False]
+    val_ids, val_labels = split[True]
+    print(f"{len(docs)} documents -> {len(train_ids)} training chunks "
+          f"({sum(map(len, train_ids))} tokens), {len(val_ids)} validation chunks; "
+          f"vocabulary {tokenizer.get_vocab_size()}", file=sys.stderr)
+    job = BiLMJob(net, (train_ids, train_labels if values else None),
+                  (val_ids, val_labels if values else None), cfg.batch_size, cfg.seed,
+                  args.label_weight)
+    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.stem, resume=args.resume)
+    net.load_state_dict(result.best_state)
+    hyper = {"label_column": args.label_column, "label_weight": args.label_weight,
+             "min_frequency": args.min_frequency, "max_vocab": args.max_vocab,
+             "chunk_length": args.chunk_length, "val_fraction": args.val_fraction,
+             "cutoffs": args.cutoffs, "labels": values}
+    paths = [args.text, *args.vocab_text]
+    provenance = _provenance(args, paths, cfg, result, hyper) | {"validation": result.best_eval}
+    save_encoder(args.out, encoder, tokenizer.to_str(), provenance)
+    print(f"validation LM loss {result.best_eval.get('loss', float('nan')):.4f} nats/word; "
           f"wrote {args.out}")
     return 0
 
@@ -221,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(getattr(args, "threads", 1))
     try:
-        return {"classify": _classify, "lm": _lm, "evaluate": _evaluate}[args.command](args)
+        commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
+        return commands[args.command](args)
     except (DataError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

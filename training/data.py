@@ -86,26 +86,31 @@ def _rows(path: Path, text: str, fmt: str) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def read_examples(path: Path, text_column: str = "text", label_column: str = "label",
+def read_examples(path: Path, text_column: str = "text", label_column: str | None = "label",
                   labels: list[str] | None = None) -> list[Example]:
     """Labelled examples from a .tsv, .csv or .jsonl file with named text and label columns.
 
-    With `labels`, a label outside that set is an error naming the line.
+    With `labels`, a label outside that set is an error naming the line. Without a label
+    column the texts are read alone (labels ""); a .txt file then gives one text per line.
     """
     suffix = path.suffix.lower()
     fmt = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix)
+    if fmt is None and suffix == ".txt" and label_column is None:
+        return [Example(line.strip(), "", number)
+                for number, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
     if fmt is None:
         raise DataError(path, None, f"unknown format {suffix!r}; use .tsv, .csv or .jsonl")
     examples = []
     for number, row in _rows(path, _decode(path), fmt):
         for column in (text_column, label_column):
-            if column not in row:
+            if column is not None and column not in row:
                 raise DataError(path, number, f"no column {column!r}; columns are "
                                               f"{', '.join(row)}")
-        text, label = row[text_column].strip(), row[label_column].strip()
+        text = row[text_column].strip()
+        label = row[label_column].strip() if label_column is not None else ""
         if not text:
             raise DataError(path, number, "empty text")
-        if not label:
+        if label_column is not None and not label:
             raise DataError(path, number, "empty label")
         if labels is not None and label not in labels:
             raise DataError(path, number, f"label {label!r} is not in the label set "

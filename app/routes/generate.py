@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.deps import RegistryDep, SettingsDep, unless_disconnected
+from app.deps import unless_disconnected
 from app.entry import ModelEntry
 from app.errors import DeadlineExceeded, InvalidInput, ServiceError
 from app.generation import GenerationJob, TokenEvent, default_seed
@@ -115,9 +115,10 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
         job.cancel()  # a client that left is dropped at the next step
 
 
-async def _respond(body: GenerateRequest, registry: Registry, settings: Settings,
-                   request: Request, response: Response, stream: bool) -> Response | GenerateResponse:
-    entry, job = _start(body, registry, settings)
+async def _respond(body: GenerateRequest, request: Request, response: Response,
+                   stream: bool) -> Response | GenerateResponse:
+    settings: Settings = request.app.state.settings
+    entry, job = _start(body, request.app.state.registry, settings)
     try:
         first = await unless_disconnected(  # errors before the first token keep their status
             request, _first(job, settings.request_timeout_s), job.cancel)
@@ -135,16 +136,15 @@ async def _respond(body: GenerateRequest, registry: Registry, settings: Settings
 @router.post("/", response_model=GenerateResponse, responses=_STREAM_DOC,
              summary="TGI's root route: /generate, or /generate_stream with stream: true")
 @router.post("/generate", response_model=GenerateResponse, responses=_STREAM_DOC)
-async def generate(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
-                   request: Request, response: Response) -> Response | GenerateResponse:
+async def generate(body: GenerateRequest, request: Request,
+                   response: Response) -> Response | GenerateResponse:
     """Continue the prompt; `stream: true` answers as /generate_stream does."""
-    return await _respond(body, registry, settings, request, response, body.stream)
+    return await _respond(body, request, response, body.stream)
 
 
 @router.post("/generate_stream", responses=_STREAM_DOC)
-async def generate_stream(body: GenerateRequest, registry: RegistryDep, settings: SettingsDep,
-                          request: Request, response: Response) -> Response:
+async def generate_stream(body: GenerateRequest, request: Request, response: Response) -> Response:
     """Continue the prompt, one server-sent event per token; the last carries the text."""
-    result = await _respond(body, registry, settings, request, response, True)
+    result = await _respond(body, request, response, True)
     assert isinstance(result, Response)
     return result

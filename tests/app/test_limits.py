@@ -30,7 +30,8 @@ def test_full_queue_answers_503_at_once_then_serves_again(models_dir: Path) -> N
         with slowed(engine, 0.2):
             responses = _burst(url, 12, "/classify", {"inputs": "a fine film"})
         codes = sorted(r.status_code for r in responses)
-        assert codes.count(200) >= 3 and codes.count(503) >= 1 and set(codes) <= {200, 503}
+        # the queue holds 2 (and the worker may already run some): at least 2 served
+        assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}
         refused = next(r for r in responses if r.status_code == 503)
         assert refused.headers["retry-after"] == "1" and "2 requests waiting" in refused.text
         with slowed_steps(app.state.registry.entries["shakespeare"].generator, 0.002):

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from starlette.types import Receive
 
 from app.errors import ClientGone, InvalidInput
 from app.registry import Registry
@@ -45,18 +46,18 @@ def check_texts(inputs: str | list[str], settings: Settings, field: str = "input
     return texts
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(receive: Receive) -> None:
     # The body has been read: the next message the server sends is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T],
+async def unless_disconnected(receive: Receive, work: Awaitable[T],
                               on_disconnect: Callable[[], None] | None = None) -> T:
     """Await `work`, giving it up the moment the client goes away (its queued work is
     dropped, a generation is cancelled). A future (the batcher's) is awaited as it is."""
     future = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(_disconnected(receive))
 
     def gone(w: asyncio.Future[None]) -> None:
         if not w.cancelled() and not future.done():

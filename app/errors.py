@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 __all__ = [
+    "BodyTooLarge",
     "ClientGone",
     "DeadlineExceeded",
     "InvalidInput",
@@ -20,6 +21,7 @@ __all__ = [
     "ServiceError",
     "Unauthorized",
     "WrongTask",
+    "error_body",
     "install_error_handlers",
 ]
 
@@ -37,6 +39,12 @@ class InvalidInput(ServiceError):
     """A request over a configured limit; the message names the field and the limit."""
 
     status_code = 422
+
+
+class BodyTooLarge(ServiceError):
+    """The request body is over the configured size."""
+
+    status_code = 413
 
 
 class Unauthorized(ServiceError):
@@ -84,9 +92,16 @@ class DeadlineExceeded(ServiceError):
     status_code = 504
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+def error_body(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes)."""
+    body = json.dumps({"detail": str(exc)}, ensure_ascii=False, separators=(",", ":"))
+    return exc.status_code, body.encode(), dict(exc.headers or {})
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=exc.headers)
+    status, body, headers = error_body(exc)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,6 @@ and answers every other request (measured by `bench/asgi.py`).
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ModelNotReady, ServiceError, Unauthorized
+from app.errors import BodyTooLarge, ModelNotReady, ServiceError, Unauthorized, error_body
 from app.logs import REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
 from app.settings import Settings
@@ -37,11 +36,10 @@ def is_public(path: str, settings: Settings) -> bool:
     return path == "/metrics" and not settings.protect_metrics
 
 
-async def _send_json(send: Send, status: int, detail: str,
-                     headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_error(send: Send, exc: ServiceError) -> None:
+    status, body, headers = error_body(exc)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -136,11 +134,11 @@ class ServiceMiddleware:
             if self.settings.api_keys:
                 _check_key(headers, self.settings.api_keys)
         except ServiceError as e:
-            await _send_json(send, e.status_code, str(e), e.headers)
+            await _send_error(send, e)
             return False
         return True
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    await _send_json(send, 413, f"request body is over the limit of {limit} bytes "
-                                "(RNN_MAX_BODY_BYTES)")
+    await _send_error(send, BodyTooLarge(f"request body is over the limit of {limit} bytes "
+                                         "(RNN_MAX_BODY_BYTES)"))

@@ -118,7 +118,7 @@ def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
     return {
         "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
         "data_sha256": sha256_file(paths[0]),
-        "command": "python -m training " + shlex.join(sys.argv[1:]),
+        "command": "python -m training " + shlex.join(args.argv),
         "hyperparameters": asdict(cfg) | hyper,
         "seed": cfg.seed, "steps": result.steps, "epochs": result.epochs,
         "wall_time_s": result.wall_time_s, "stopped_because": result.stopped_because,
@@ -308,6 +308,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad data or a bad model folder exits 2 with the reason."""
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # recorded as the exact command
     torch.set_num_threads(getattr(args, "threads", 1))
     try:
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}

@@ -49,6 +49,22 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pretraining_lines(pre: dict[str, Any] | None) -> list[str]:
+    if not pre:
+        return []
+    val = pre.get("validation", {})
+    return ["## Pretraining", "",
+            "The embedding and recurrent layer start from an encoder pretrained as a "
+            "bidirectional language model (`python -m training pretrain`):", "",
+            *[f"- `{d['path']}` (sha256 `{d['sha256']}`)" for d in pre["data"]],
+            f"- command: `{pre['command']}`",
+            f"- seed {pre['seed']}, {pre['steps']} steps ({pre['epochs']} epochs), "
+            f"{pre['wall_time_s']} s on {pre['device']}; validation LM loss "
+            f"{val.get('loss', float('nan')):.4f} nats/word (perplexity "
+            f"{val.get('perplexity', float('nan')):.1f})"
+            + (f", review-label loss {val['label_loss']:.4f}" if "label_loss" in val else ""), ""]
+
+
 def write_model_card(folder: Path, config: dict[str, Any]) -> None:
     """README.md of the model folder, written from its config."""
     arch, train = config["architecture"], config["training"]
@@ -70,6 +86,7 @@ def write_model_card(folder: Path, config: dict[str, Any]) -> None:
         "## Data", "",
         *[f"- `{d['path']}` (sha256 `{d['sha256']}`)" for d in train["data"]], "",
         "## Metrics", "", *_metric_lines(config["metrics"]), "",
+        *_pretraining_lines(train["hyperparameters"].get("pretraining")),
         "## Training", "",
         f"- command: `{train['command']}`",
         f"- seed {train['seed']}, {train['steps']} steps ({train['epochs']} epochs), "

@@ -13,6 +13,7 @@ each direction would see the word it has to predict.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.torch_version import TorchVersion
 
 from textrnn.inference import pad_batch
 from textrnn.nets import NetConfig, RNNClassifier
@@ -161,13 +163,16 @@ def save_encoder(path: Path, encoder: RNNClassifier, tokenizer_json: str,
     tmp = path.with_suffix(".tmp")
     torch.save({"format": ENCODER_FORMAT, "architecture": encoder.config.to_dict(),
                 "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-                "tokenizer": tokenizer_json, "provenance": provenance}, tmp)
+                "tokenizer": tokenizer_json,
+                "provenance": json.loads(json.dumps(provenance))}, tmp)  # plain types only
     tmp.replace(path)
 
 
 def load_encoder(path: Path) -> dict[str, Any]:
     """Read a file written by `save_encoder` (tensors and plain data only; no code runs)."""
-    data: dict[str, Any] = torch.load(path, weights_only=True)
+    # TorchVersion: files of the first release kept torch.__version__'s own type
+    with torch.serialization.safe_globals([TorchVersion]):
+        data: dict[str, Any] = torch.load(path, weights_only=True)
     if data.get("format") != ENCODER_FORMAT:
         raise ValueError(f"{path}: not a pretrained encoder of format {ENCODER_FORMAT}")
     NetConfig.from_dict(data["architecture"])

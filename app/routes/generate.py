@@ -121,11 +121,11 @@ async def _respond(body: GenerateRequest, request: Request, response: Response,
     entry, job = _start(body, request.app.state.registry, settings)
     try:
         first = await unless_disconnected(  # errors before the first token keep their status
-            request, _first(job, settings.request_timeout_s), job.cancel)
+            request.receive, _first(job, settings.request_timeout_s), job.cancel)
         if not stream:
             response.headers["X-Model"] = entry.version
             return await unless_disconnected(
-                request, _collect(job, first, body.parameters.details), job.cancel)
+                request.receive, _collect(job, first, body.parameters.details), job.cancel)
     except BaseException:
         job.cancel()
         raise

@@ -17,6 +17,6 @@ async def score(body: ScoreRequest, request: Request, response: Response) -> lis
     texts = check_texts(body.inputs, state.settings)
     entry = state.registry.get(body.model, "score")
     assert entry.score is not None
-    results = await unless_disconnected(request, entry.score.submit(texts))
+    results = await unless_disconnected(request.receive, entry.score.submit(texts))
     response.headers["X-Model"] = entry.version
     return [ScoreResult(**r) for r in results]

@@ -29,8 +29,15 @@ def test_api_keys_guard_model_routes_but_not_health(models_dir: Path) -> None:
             ok = client.post("/classify", json=body, headers={"Authorization": f"Bearer {key}"})
             assert ok.status_code == 200
         assert client.get("/models").status_code == 401
+        assert client.post("/admin/reload").status_code == 401
+        # keys are checked before routing: an unknown path tells a keyless client nothing
+        assert client.get("/no-such-route").status_code == 401
+        assert client.get("/no-such-route", headers={"Authorization": "Bearer k-one"}
+                          ).status_code == 404
         assert client.get("/health/ready").status_code == 200
         assert client.get("/metrics").status_code == 200
+        for page in ("/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
+            assert client.get(page).status_code == 200, page
     with TestClient(create_app(Settings(models_dir=models_dir))) as open_client:
         assert open_client.post("/classify", json={"inputs": "x"}).status_code == 200
     locked = Settings(models_dir=models_dir, api_keys=["k"], protect_metrics=True)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -139,3 +140,30 @@ def test_score_reports_log_probability_per_text(client: TestClient) -> None:
     assert good["perplexity"] == pytest.approx(2 ** good["bits_per_char"], rel=1e-4)
     assert single == {"tokens": 0, "log_prob": 0.0, "perplexity": None, "bits_per_char": None}
     assert client.post("/score", json={"inputs": "x", "model": "sentiment"}).status_code == 422
+
+
+def test_the_classify_fast_path_answers_as_the_route_does(client: TestClient) -> None:
+    # application/json takes the fast path; another JSON media type reaches the FastAPI route
+    def both(body: dict[str, object]) -> tuple[httpx.Response, httpx.Response]:
+        fast = client.post("/classify", json=body)
+        route = client.post("/classify", content=json.dumps(body),
+                            headers={"content-type": "application/x-test+json"})
+        return fast, route
+
+    bodies: list[dict[str, object]] = [
+        {"inputs": "a great film"}, {"inputs": ["dull , boring plot", "", "  "]},
+        {"inputs": ["fine", "bad"], "parameters": {"top_k": 1}},
+        {"inputs": "x", "model": "sentiment"},
+        {"inputs": "x", "model": "shakespeare"}, {"inputs": "x", "model": "nope"},
+        {"inputs": ["x"] * 10_000}, {"inputs": 3}, {"inputs": "x", "extra": 1}]
+    statuses = set()
+    for body in bodies:
+        fast, route = both(body)
+        assert (fast.status_code, fast.content) == (route.status_code, route.content), body
+        assert fast.headers.get("x-model") == route.headers.get("x-model")
+        assert fast.headers["content-type"] == "application/json"
+        statuses.add(fast.status_code)
+    assert statuses == {200, 404, 422}
+    metrics = client.get("/metrics").text
+    assert 'rnn_requests_total{route="/classify",status="200"}' in metrics
+    assert 'rnn_requests_total{route="/classify",status="422"}' in metrics

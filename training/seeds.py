@@ -1,0 +1,50 @@
+"""`python -m training.seeds SHIPPED OTHER...`: the dev accuracy of the same recipe over seeds.
+
+Reads the dev figures of each trained folder (the shipped one first), writes their mean and
+spread into the shipped folder's config.json (`metrics["dev, seeds"]`) and model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .export import write_model_card
+
+__all__ = ["main", "summarise"]
+
+
+def summarise(folders: list[Path]) -> dict[str, Any]:
+    """Mean, standard deviation and range of dev accuracy over the folders' seeds."""
+    runs = [json.loads((f / "config.json").read_text(encoding="utf-8")) for f in folders]
+    accuracy = [r["metrics"]["dev"]["accuracy"] for r in runs]
+    return {"seeds": ",".join(str(r["training"]["seed"]) for r in runs),
+            "mean_accuracy": statistics.fmean(accuracy),
+            "std_accuracy": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+            "min_accuracy": min(accuracy), "max_accuracy": max(accuracy),
+            "accuracy_by_seed": accuracy}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the summary into the first folder and print it."""
+    parser = argparse.ArgumentParser(prog="python -m training.seeds", description=__doc__)
+    parser.add_argument("shipped", type=Path)
+    parser.add_argument("others", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    summary = summarise([args.shipped, *args.others])
+    path = args.shipped / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["metrics"]["dev, seeds"] = summary
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_model_card(args.shipped, config)
+    print(f"dev accuracy over seeds {summary['seeds']}: mean {summary['mean_accuracy']:.4f} "
+          f"(sd {summary['std_accuracy']:.4f}, {summary['min_accuracy']:.4f}-"
+          f"{summary['max_accuracy']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

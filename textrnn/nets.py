@@ -121,16 +121,20 @@ class RNNClassifier(nn.Module):
         h_n = state[0] if isinstance(state, tuple) else state  # L*D B H
         directions = 2 if self.config.bidirectional else 1
         last = h_n[-directions:].transpose(0, 1).reshape(ids.size(0), -1)  # B D*H
-        if self.config.pooling == "last":
+        pooling = self.config.pooling
+        if pooling == "last":
             pooled = last
+        elif pooling == "max":  # padded with -inf, so the padding is never the maximum
+            out, _ = pad_packed_sequence(out_packed, batch_first=True, padding_value=float("-inf"))
+            pooled = out.max(1).values
         else:
-            out, _ = pad_packed_sequence(out_packed, batch_first=True)  # B T' D*H
-            mask = (torch.arange(out.size(1), device=out.device)[None, :]
-                    < lengths.to(out.device)[:, None]).unsqueeze(-1)  # B T' 1
-            mean = out.masked_fill(~mask, 0.0).sum(1) / lengths.to(out.device)[:, None]
-            peak = out.masked_fill(~mask, float("-inf")).max(1).values
-            pooled = {"mean": mean, "max": peak}.get(self.config.pooling)
-            if pooled is None:
+            out, _ = pad_packed_sequence(out_packed, batch_first=True)  # B T' D*H, zero-padded
+            mean = out.sum(1) / lengths.to(out.device)[:, None]
+            pooled = mean
+            if pooling == "concat":
+                mask = (torch.arange(out.size(1), device=out.device)[None, :]
+                        < lengths.to(out.device)[:, None]).unsqueeze(-1)  # B T' 1
+                peak = out.masked_fill(~mask, float("-inf")).max(1).values
                 pooled = torch.cat([last, mean, peak], dim=-1)  # B 3*D*H
         return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
 

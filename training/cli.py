@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
     c.add_argument("--init-from", type=Path,
                    help="encoder from `pretrain`: its tokenizer, architecture and weights")
+    c.add_argument("--keep-head", action="store_true",
+                   help="with --init-from: start from the encoder's label head too (its "
+                        "labels must be these, in the same order)")
     _common(c, lr=2e-3, batch=64)
     t = sub.add_parser("pretrain", help="pretrain a classifier encoder as a bidirectional LM")
     t.add_argument("--text", type=Path, required=True, help=".tsv/.csv/.jsonl, or .txt (a line each)")
@@ -163,10 +166,18 @@ def _classify(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     net = build_net(net_cfg)
     assert isinstance(net, RNNClassifier)
-    if pretrained is not None:  # everything but the head, which is new for these labels
-        encoder = {k: v for k, v in pretrained["state_dict"].items() if not k.startswith("head.")}
-        missing = net.load_state_dict(encoder, strict=False).missing_keys
-        assert sorted(missing) == ["head.bias", "head.weight"], missing
+    if pretrained is not None:  # the head is new for these labels unless --keep-head
+        if args.keep_head:
+            theirs = pretrained["provenance"]["hyperparameters"].get("labels")
+            if theirs != values:
+                raise SystemExit(f"error: --keep-head needs the encoder's labels {theirs} to be "
+                                 f"this data's {values}")
+            net.load_state_dict(pretrained["state_dict"])
+        else:
+            encoder = {k: v for k, v in pretrained["state_dict"].items()
+                       if not k.startswith("head.")}
+            missing = net.load_state_dict(encoder, strict=False).missing_keys
+            assert sorted(missing) == ["head.bias", "head.weight"], missing
     net = net.to(args.device)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
                         args.word_dropout)
@@ -178,7 +189,8 @@ def _classify(args: argparse.Namespace) -> int:
     hyper = {"word_dropout": args.word_dropout, "min_frequency": args.min_frequency,
              "max_vocab": args.max_vocab}
     if pretrained is not None:
-        hyper |= {"init_from": str(args.init_from), "pretraining": pretrained["provenance"]}
+        hyper |= {"init_from": str(args.init_from), "keep_head": args.keep_head,
+                  "pretraining": pretrained["provenance"]}
     extra = {"labels": names, "label_values": values, "max_length": args.max_length,
              "training": _provenance(args, [args.train, args.dev], cfg, result, hyper),
              "metrics": {"dev": dev_report}}

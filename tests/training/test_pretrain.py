@@ -117,3 +117,23 @@ def test_conflicting_architecture_flags_are_refused(encoder_file: tuple[Path, Pa
     args[args.index("--embedding-dim") + 1] = "32"
     with pytest.raises(SystemExit, match="embedding-dim 32 differs"):
         train_main([*args, "--init-from", str(enc_path)])
+
+
+def test_keep_head_starts_from_the_encoders_label_head(encoder_file: tuple[Path, Path, Path],
+                                                       tmp_path: Path) -> None:
+    enc_path, train, dev = encoder_file
+    out = tmp_path / "models" / "clf"
+    args = tiny_classifier_args(train, dev, out, steps=20)
+    for flag in ("--embedding-dim", "--hidden-size"):
+        i = args.index(flag)
+        del args[i:i + 2]
+    args[args.index("--lr") + 1] = "0"
+    assert train_main([*args, "--init-from", str(enc_path), "--keep-head"]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert torch.equal(weights["head.weight"], load_encoder(enc_path)["state_dict"]["head.weight"])
+    other = write_tsv(tmp_path / "three.tsv", [("0", "a"), ("1", "b"), ("2", "c")])
+    three = tiny_classifier_args(other, dev, tmp_path / "m" / "x")
+    three[three.index("--label-names") + 1] = "a,b,c"
+    three += ["--labels", "0,1,2", "--init-from", str(enc_path), "--keep-head"]
+    with pytest.raises(SystemExit, match="keep-head needs the encoder's labels"):
+        train_main(three)

@@ -24,7 +24,7 @@ from .data import DataError, read_examples, read_text
 from .export import export_model
 from .lm import LMJob, char_ids, stream_loss
 from .pretrain import BiLM, BiLMJob, chunk_sentences, load_encoder, save_encoder
-from .train import TrainConfig, fit
+from .train import TrainConfig, WorkDirBusy, fit
 
 __all__ = ["main"]
 
@@ -325,6 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
         return commands[args.command](args)
-    except (DataError, ArtifactError) as e:
+    except (DataError, ArtifactError, WorkDirBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,21 +3,27 @@ evaluation, early stopping, best-weights tracking, and checkpoints that resume e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["FitResult", "Job", "TrainConfig", "fit"]
+__all__ = ["FitResult", "Job", "TrainConfig", "WorkDirBusy", "fit"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
+
+
+class WorkDirBusy(Exception):
+    """Another training run holds the work dir."""
 LOG_FILE = "metrics.jsonl"
 
 
@@ -96,8 +102,27 @@ class _Log:
             f.write(json.dumps(record) + "\n")
 
 
+def _claim(work_dir: Path) -> IO[str]:
+    """Hold the work dir for this run: a second run pointed at it would overwrite its
+    checkpoint and log, so it stops at once instead (the lock goes when the process does)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    handle = (work_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise WorkDirBusy(f"work dir {work_dir} is in use by another training run; give this "
+                          "one its own --work-dir") from None
+    return handle
+
+
 def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> FitResult:
     """Train `job.net`; checkpoints and the JSONL log go to `work_dir`."""
+    with _claim(work_dir):
+        return _fit(job, cfg, work_dir, resume)
+
+
+def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import random
@@ -17,7 +18,7 @@ from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net
 from textrnn.tokenization import encode_batch
 from training.classify import ClassifierJob
 from training.cli import main as train_main
-from training.train import TrainConfig, fit
+from training.train import TrainConfig, WorkDirBusy, fit
 
 
 def _job(seed: int = 0) -> ClassifierJob:
@@ -166,3 +167,12 @@ def test_cli_trains_on_cuda_and_exports_cpu_loadable_folders(
         art = load_artifact(models / name)  # loads on the CPU
         assert art.config["training"]["device"] == "cuda"
     assert load_artifact(models / "clf").config["metrics"]["dev"]["accuracy"] > 0.8
+
+
+def test_a_second_run_on_the_same_work_dir_stops_at_once(tmp_path: Path) -> None:
+    job = _job()
+    with (tmp_path / ".lock").open("a+") as held:  # as a running fit holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(WorkDirBusy, match="in use by another training run"):
+            fit(job, _cfg(max_steps=2), tmp_path)
+    assert fit(job, _cfg(max_steps=2), tmp_path).steps == 2  # free again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.threads)
+        # The inference threads take the GIL between torch ops, dozens of times per batch or
+        # step; at Python's default 5 ms a burst of answers on the event loop stalls them.
+        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         registry = Registry(settings, resolve_device(settings.device))
         app.state.registry = registry
         # Loading runs in a thread so /health/live answers while models load.

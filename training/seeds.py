@@ -1,7 +1,8 @@
 """`python -m training.seeds SHIPPED OTHER...`: the dev accuracy of the same recipe over seeds.
 
 Reads the dev figures of each trained folder (the shipped one first), writes their mean and
-spread into the shipped folder's config.json (`metrics["dev, seeds"]`) and model card.
+spread into the shipped folder's config.json (`metrics["dev, seeds 1,2,3 (same command)"]`)
+and model card.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise([args.shipped, *args.others])
     path = args.shipped / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["metrics"]["dev, seeds"] = summary
+    config["metrics"][f"dev, seeds {summary['seeds']} (same command)"] = summary
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     write_model_card(args.shipped, config)
     print(f"dev accuracy over seeds {summary['seeds']}: mean {summary['mean_accuracy']:.4f} "

@@ -18,6 +18,7 @@ from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net
 from textrnn.tokenization import encode_batch
 from training.classify import ClassifierJob
 from training.cli import main as train_main
+from training.seeds import main as seeds_main
 from training.train import TrainConfig, WorkDirBusy, fit
 
 
@@ -176,3 +177,22 @@ def test_a_second_run_on_the_same_work_dir_stops_at_once(tmp_path: Path) -> None
         with pytest.raises(WorkDirBusy, match="in use by another training run"):
             fit(job, _cfg(max_steps=2), tmp_path)
     assert fit(job, _cfg(max_steps=2), tmp_path).steps == 2  # free again
+
+
+def test_seeds_summary_goes_into_the_shipped_config_and_card(
+        sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    folders = []
+    for seed in (1, 2):
+        out = tmp_path / "models" / f"seed-{seed}"
+        assert train_main([*tiny_classifier_args(*sentiment_files, out, steps=40),
+                           "--seed", str(seed)]) == 0
+        folders.append(out)
+    accuracy = [json.loads((f / "config.json").read_text())["metrics"]["dev"]["accuracy"]
+                for f in folders]
+    assert seeds_main([str(f) for f in folders]) == 0
+    config = json.loads((folders[0] / "config.json").read_text())
+    summary = config["metrics"]["dev, seeds 1,2 (same command)"]
+    assert summary["mean_accuracy"] == pytest.approx(sum(accuracy) / 2)
+    assert summary["accuracy_by_seed"] == accuracy
+    assert "dev, seeds 1,2 (same command)" in (folders[0] / "README.md").read_text()
+    assert load_artifact(folders[0]).config["metrics"]["dev"]["accuracy"] == accuracy[0]

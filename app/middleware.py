@@ -114,10 +114,8 @@ class ServiceMiddleware:
         try:
             if length > limit:
                 await _send_413(send_wrapped, limit)
-            elif not is_public(scope["path"], self.settings) and not await self._admit(
-                    headers, send_wrapped):
-                pass
-            else:
+            elif is_public(scope["path"], self.settings) or await self._admit(headers,
+                                                                                send_wrapped):
                 await self.app(scope, receive_limited, send_wrapped)
         finally:
             route: Any = scope.get("route")

@@ -207,6 +207,8 @@ def _pretrain(args: argparse.Namespace) -> int:
              for ex in read_examples(path, args.vocab_text_column, None)]
     tokenizer = build_word_tokenizer([d.text for d in docs] + extra,
                                      min_frequency=args.min_frequency, max_vocab=args.max_vocab)
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit("error: --val-fraction must be between 0 and 1")
     held_out = random.Random(args.seed).sample(range(len(docs)),
                                                max(1, int(len(docs) * args.val_fraction)))
     split: dict[bool, tuple[list[list[int]], list[int]]] = {True: ([], []), False: ([], [])}
@@ -227,7 +229,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     encoder = build_net(net_cfg)
     assert isinstance(encoder, RNNClassifier)
-    net = BiLM(encoder, [int(c) for c in args.cutoffs.split(",")]).to(args.device)
+    # Cluster bounds past a small vocabulary are dropped (one cluster at half of it remains).
+    vocab = tokenizer.get_vocab_size()
+    cutoffs = [c for c in (int(c) for c in args.cutoffs.split(",")) if c < vocab - 1]
+    cutoffs = cutoffs or [max(1, vocab // 2)]
+    net = BiLM(encoder, cutoffs).to(args.device)
     train_ids, train_labels = split[False]
     val_ids, val_labels = split[True]
     print(f"{len(docs)} documents -> {len(train_ids)} training chunks "
@@ -241,7 +247,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     hyper = {"label_column": args.label_column, "label_weight": args.label_weight,
              "min_frequency": args.min_frequency, "max_vocab": args.max_vocab,
              "chunk_length": args.chunk_length, "val_fraction": args.val_fraction,
-             "cutoffs": args.cutoffs, "labels": values}
+             "cutoffs": ",".join(map(str, cutoffs)), "labels": values}
     paths = [args.text, *args.vocab_text]
     provenance = _provenance(args, paths, cfg, result, hyper) | {"validation": result.best_eval}
     save_encoder(args.out, encoder, tokenizer.to_str(), provenance)

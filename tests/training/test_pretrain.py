@@ -70,7 +70,7 @@ def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     out = d / "encoder.pt"
     assert train_main(["pretrain", "--text", str(corpus), "--label-column", "label",
                        "--vocab-text", str(train), "--min-frequency", "1", "--cell", "lstm",
-                       "--embedding-dim", "16", "--hidden-size", "16", "--cutoffs", "10",
+                       "--embedding-dim", "16", "--hidden-size", "16",
                        "--batch-size", "16", "--max-steps", "40", "--eval-every", "20",
                        "--val-fraction", "0.1", "--warmup-steps", "5", "--lr", "0.01",
                        "--no-progress", "--out", str(out), "--work-dir", str(d / "work")]) == 0
@@ -86,6 +86,9 @@ def test_pretrain_writes_an_encoder_with_its_provenance(encoder_file: tuple[Path
     assert len(prov["data"]) == 2 and all(len(d["sha256"]) == 64 for d in prov["data"])
     assert prov["validation"]["loss"] < math.log(data["architecture"]["vocab_size"])
     assert "label_loss" in prov["validation"]
+    # the default cluster bounds (2000,8000) do not fit this small vocabulary: one remains
+    vocab = data["architecture"]["vocab_size"]
+    assert prov["hyperparameters"]["cutoffs"] == str(vocab // 2)
 
 
 def test_classifier_starts_from_the_encoder(encoder_file: tuple[Path, Path, Path],
@@ -137,3 +140,10 @@ def test_keep_head_starts_from_the_encoders_label_head(encoder_file: tuple[Path,
     three += ["--labels", "0,1,2", "--init-from", str(enc_path), "--keep-head"]
     with pytest.raises(SystemExit, match="keep-head needs the encoder's labels"):
         train_main(three)
+
+
+def test_pretrain_refuses_a_validation_fraction_outside_0_1(
+        encoder_file: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="val-fraction must be between 0 and 1"):
+        train_main(["pretrain", "--text", str(encoder_file[1]), "--val-fraction", "1.5",
+                    "--out", str(tmp_path / "e.pt")])

@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Send
 
 __all__ = [
+    "INTERNAL_ERROR",
     "BodyTooLarge",
     "ClientGone",
     "DeadlineExceeded",
@@ -23,6 +25,8 @@ __all__ = [
     "WrongTask",
     "error_body",
     "install_error_handlers",
+    "send_error",
+    "send_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,10 +96,27 @@ class DeadlineExceeded(ServiceError):
     status_code = 504
 
 
+INTERNAL_ERROR = b'{"detail":"internal error"}'  # all an unexpected failure tells a client
+
+
 def error_body(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
     """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes)."""
     body = json.dumps({"detail": str(exc)}, ensure_ascii=False, separators=(",", ":"))
     return exc.status_code, body.encode(), dict(exc.headers or {})
+
+
+async def send_json(send: Send, status: int, body: bytes,
+                    headers: dict[str, str] | None = None) -> None:
+    """A whole JSON answer straight to an ASGI `send` (for code that runs outside FastAPI)."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: ServiceError) -> None:
+    """The answer to a domain error, as `send_json` writes it."""
+    await send_json(send, *error_body(exc))
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
@@ -104,9 +125,9 @@ async def _service_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
+    return Response(INTERNAL_ERROR, status_code=500, media_type="application/json")
 
 
 def _clip(value: Any, limit: int = 80) -> Any:

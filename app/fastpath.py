@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ServiceError, error_body
+from app.errors import INTERNAL_ERROR, ServiceError, send_error, send_json
 from app.routes.classify import answer
 from app.schemas import ClassifyRequest
 
@@ -58,20 +58,15 @@ class ClassifyFastPath:
             await self.app(scope, _replay([body], None, receive), send)
             return
         scope["route"] = self.route
-        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         try:
             payload, version = await answer(self.state, request, receive)
-            status = 200
-            headers.append((b"x-model", version.encode()))
         except ServiceError as exc:
-            status, payload, extra = error_body(exc)
-            headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+            await send_error(send, exc)
         except Exception:
             log.exception("unhandled error on POST /classify")
-            status, payload = 500, b'{"detail":"internal error"}'
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+            await send_json(send, 500, INTERNAL_ERROR)
+        else:
+            await send_json(send, 200, payload, {"X-Model": version})
 
 
 def _json_body(scope: Scope) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, ModelNotReady, ServiceError, Unauthorized, error_body
+from app.errors import BodyTooLarge, ModelNotReady, ServiceError, Unauthorized, send_error
 from app.logs import REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
 from app.settings import Settings
@@ -34,14 +34,6 @@ def is_public(path: str, settings: Settings) -> bool:
     if path in _PUBLIC or path.startswith(_PUBLIC_PREFIX):
         return True
     return path == "/metrics" and not settings.protect_metrics
-
-
-async def _send_error(send: Send, exc: ServiceError) -> None:
-    status, body, headers = error_body(exc)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _check_key(headers: list[tuple[bytes, bytes]], keys: list[str]) -> None:
@@ -132,11 +124,11 @@ class ServiceMiddleware:
             if self.settings.api_keys:
                 _check_key(headers, self.settings.api_keys)
         except ServiceError as e:
-            await _send_error(send, e)
+            await send_error(send, e)
             return False
         return True
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    await _send_error(send, BodyTooLarge(f"request body is over the limit of {limit} bytes "
+    await send_error(send, BodyTooLarge(f"request body is over the limit of {limit} bytes "
                                          "(RNN_MAX_BODY_BYTES)"))

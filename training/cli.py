@@ -201,14 +201,15 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit("error: --val-fraction must be between 0 and 1")
     docs = read_examples(args.text, args.text_column, args.label_column)
     values = sorted({d.label for d in docs}) if args.label_column else []
     extra = [ex.text for path in args.vocab_text
              for ex in read_examples(path, args.vocab_text_column, None)]
     tokenizer = build_word_tokenizer([d.text for d in docs] + extra,
                                      min_frequency=args.min_frequency, max_vocab=args.max_vocab)
-    if not 0 < args.val_fraction < 1:
-        raise SystemExit("error: --val-fraction must be between 0 and 1")
+    vocab = tokenizer.get_vocab_size()
     held_out = random.Random(args.seed).sample(range(len(docs)),
                                                max(1, int(len(docs) * args.val_fraction)))
     split: dict[bool, tuple[list[list[int]], list[int]]] = {True: ([], []), False: ([], [])}
@@ -221,7 +222,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         if values:
             labels.extend([values.index(docs[row].label)] * len(chunks))
     hidden = args.hidden_size or 256
-    net_cfg = NetConfig(task="classification", vocab_size=tokenizer.get_vocab_size(),
+    net_cfg = NetConfig(task="classification", vocab_size=vocab,
                         cell=args.cell, embedding_dim=args.embedding_dim or 200,
                         hidden_size=hidden, num_layers=args.num_layers, bidirectional=True,
                         dropout=args.dropout, pooling="max", num_labels=max(2, len(values)))
@@ -230,7 +231,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     encoder = build_net(net_cfg)
     assert isinstance(encoder, RNNClassifier)
     # Cluster bounds past a small vocabulary are dropped (one cluster at half of it remains).
-    vocab = tokenizer.get_vocab_size()
     cutoffs = [c for c in (int(c) for c in args.cutoffs.split(",")) if c < vocab - 1]
     cutoffs = cutoffs or [max(1, vocab // 2)]
     net = BiLM(encoder, cutoffs).to(args.device)
@@ -238,7 +238,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     val_ids, val_labels = split[True]
     print(f"{len(docs)} documents -> {len(train_ids)} training chunks "
           f"({sum(map(len, train_ids))} tokens), {len(val_ids)} validation chunks; "
-          f"vocabulary {tokenizer.get_vocab_size()}", file=sys.stderr)
+          f"vocabulary {vocab}", file=sys.stderr)
     job = BiLMJob(net, (train_ids, train_labels if values else None),
                   (val_ids, val_labels if values else None), cfg.batch_size, cfg.seed,
                   args.label_weight)

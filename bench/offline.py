@@ -16,10 +16,12 @@ from textrnn.tokenization import encode_batch
 __all__ = ["classify_limit", "generate_limit"]
 
 
-def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: float = 3.0) -> float:
+def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: float = 3.0,
+                   device: str = "cpu") -> float:
     """Texts/s for tokenisation + forward + softmax at `batch_size`, length-sorted batches."""
     art = load_artifact(folder)
     assert isinstance(art.net, RNNClassifier)
+    art.net.to(device)
     done, start = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - start < seconds:
@@ -31,22 +33,23 @@ def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: flo
     return done / (time.perf_counter() - start)
 
 
-def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = "ROMEO:") -> float:
+def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = "ROMEO:",
+                   device: str = "cpu") -> float:
     """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling)."""
     art = load_artifact(folder)
-    net = art.net
+    net = art.net.to(device)
     assert isinstance(net, CharLM)
     ids = art.tokenizer.encode(prompt).ids
-    params = RowParams(torch.full((streams,), 0.8), torch.full((streams,), 40, dtype=torch.long),
-                       torch.full((streams,), 0.95), torch.ones(streams),
-                       torch.arange(streams, dtype=torch.long))
+    params = RowParams(*(t.to(device) for t in (
+        torch.full((streams,), 0.8), torch.full((streams,), 40, dtype=torch.long),
+        torch.full((streams,), 0.95), torch.ones(streams), torch.arange(streams, dtype=torch.long))))
     with torch.inference_mode():
         start = time.perf_counter()
-        batch, lengths = pad_batch([ids] * streams)
+        batch, lengths = pad_batch([ids] * streams, device)
         logits, state = net.prefill(batch, lengths)
-        seen = torch.zeros(streams, net.config.vocab_size, dtype=torch.bool)
+        seen = torch.zeros(streams, net.config.vocab_size, dtype=torch.bool, device=device)
         for step in range(tokens):
-            steps = torch.full((streams,), step, dtype=torch.long)
+            steps = torch.full((streams,), step, dtype=torch.long, device=device)
             chosen, _ = choose_tokens(logits, params, steps, seen, banned=0)
             chosen.tolist()  # the server hands every token to Python to stream it
             if step + 1 < tokens:

@@ -30,9 +30,9 @@ FALLBACK = ["a gripping , beautiful film", "dull and lifeless", "it 's not bad a
             "one long string of cliches ."]
 
 
-def _texts() -> list[str]:
-    if SST2_DEV.exists():
-        return [line.split("\t", 1)[1] for line in SST2_DEV.read_text().splitlines()[1:]]
+def _texts(path: Path) -> list[str]:
+    if path.exists():
+        return [line.split("\t", 1)[1] for line in path.read_text().splitlines()[1:]]
     return FALLBACK
 
 
@@ -146,24 +146,27 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2, help="generations per stream client")
     p.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda[:N]: the servers' RNN_DEVICE and the offline limit's device")
+    p.add_argument("--texts", type=Path, default=SST2_DEV, help="label<TAB>text file (SST-2 dev)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(1)
-    texts = _texts()
-    threads = {"RNN_THREADS": "1"}
+    texts = _texts(args.texts)
+    threads = {"RNN_THREADS": "1", "RNN_DEVICE": args.device}
     runs = [("batched", threads)]
     if not args.no_baseline:
         runs.append(("unbatched", threads | {"RNN_MAX_BATCH_SIZE": "1",
                                              "RNN_MAX_ACTIVE_SEQUENCES": "1"}))
     servers = [_run_server(name, env, args, texts) for name, env in runs]
     print("  offline limits...", file=sys.stderr)
-    best = max((classify_limit(ROOT / "models" / "sentiment", texts, b), b) for b in (16, 64, 128))
+    sentiment, lm, device = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare", args.device
+    best = max((classify_limit(sentiment, texts, b, device=device), b) for b in (16, 64, 128))
     offline = {"classify_texts_per_s": best[0], "classify_batch": best[1],
-               "classify_texts_per_s_batch64": classify_limit(ROOT / "models" / "sentiment",
-                                                              texts, 64),
+               "classify_texts_per_s_batch64": classify_limit(sentiment, texts, 64, device=device),
                # best of three: one lock-step run is short, and this machine is noisy
-               "generate_tokens_per_s": {str(c): max(generate_limit(ROOT / "models" / "shakespeare",
-                                                                    c, args.tokens)
+               "generate_tokens_per_s": {str(c): max(generate_limit(lm, c, args.tokens,
+                                                                    device=device)
                                                      for _ in range(3))
                                          for c in args.generate_concurrency}}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -171,8 +174,10 @@ def main() -> None:
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit,
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cores": os.cpu_count(), "torch": torch.__version__,
+                          "device": args.device if args.device == "cpu"
+                          else torch.cuda.get_device_name(torch.device(args.device)),
                           "python": platform.python_version()},
-              "settings": vars(args) | {"out": str(args.out)}, "offline": offline,
+              "settings": vars(args) | {"out": str(args.out), "texts": str(args.texts)}, "offline": offline,
               "servers": servers}
     table = _table(result)
     print(table)

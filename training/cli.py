@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-head", action="store_true",
                    help="with --init-from: start from the encoder's label head too (its "
                         "labels must be these, in the same order)")
+    c.add_argument("--freeze-embedding", action="store_true",
+                   help="keep the word vectors fixed (those of --init-from, say): words seen "
+                        "only in pretraining stay where their neighbours are")
     _common(c, lr=2e-3, batch=64)
     t = sub.add_parser("pretrain", help="pretrain a classifier encoder as a bidirectional LM")
     t.add_argument("--text", type=Path, required=True, help=".tsv/.csv/.jsonl, or .txt (a line each)")
@@ -178,6 +181,7 @@ def _classify(args: argparse.Namespace) -> int:
                        if not k.startswith("head.")}
             missing = net.load_state_dict(encoder, strict=False).missing_keys
             assert sorted(missing) == ["head.bias", "head.weight"], missing
+    net.embedding.weight.requires_grad_(not args.freeze_embedding)
     net = net.to(args.device)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
                         args.word_dropout)
@@ -187,7 +191,7 @@ def _classify(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         dev_report = job.evaluate()
     hyper = {"word_dropout": args.word_dropout, "min_frequency": args.min_frequency,
-             "max_vocab": args.max_vocab}
+             "max_vocab": args.max_vocab, "freeze_embedding": args.freeze_embedding}
     if pretrained is not None:
         hyper |= {"init_from": str(args.init_from), "keep_head": args.keep_head,
                   "pretraining": pretrained["provenance"]}
@@ -328,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # recorded as the exact command
     torch.set_num_threads(getattr(args, "threads", 1))
+    if str(getattr(args, "device", "cpu")).startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     try:
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
         return commands[args.command](args)

@@ -1,14 +1,17 @@
-"""`python -m training.seeds SHIPPED OTHER...`: the dev accuracy of the same recipe over seeds.
+"""`python -m training.seeds SHIPPED OTHER... [--ship DEST]`: the dev accuracy of the same
+recipe over seeds.
 
 Reads the dev figures of each trained folder (the shipped one first), writes their mean and
 spread into the shipped folder's config.json (`metrics["dev, seeds 1,2,3 (same command)"]`)
-and model card.
+and model card. With `--ship DEST`, the shipped folder is first copied to DEST (replacing it)
+under DEST's name, and the summary goes there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -34,13 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.seeds", description=__doc__)
     parser.add_argument("shipped", type=Path)
     parser.add_argument("others", type=Path, nargs="+")
+    parser.add_argument("--ship", type=Path, help="copy SHIPPED here first (a models/ folder)")
     args = parser.parse_args(argv)
     summary = summarise([args.shipped, *args.others])
-    path = args.shipped / "config.json"
+    folder = args.shipped
+    if args.ship is not None:
+        staging = args.ship.with_name(args.ship.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging)
+        shutil.rmtree(args.ship, ignore_errors=True)
+        folder = staging.rename(args.ship)
+    path = folder / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
+    config["name"] = folder.name
     config["metrics"][f"dev, seeds {summary['seeds']} (same command)"] = summary
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    write_model_card(args.shipped, config)
+    write_model_card(folder, config)
     print(f"dev accuracy over seeds {summary['seeds']}: mean {summary['mean_accuracy']:.4f} "
           f"(sd {summary['std_accuracy']:.4f}, {summary['min_accuracy']:.4f}-"
           f"{summary['max_accuracy']:.4f})")

@@ -78,13 +78,27 @@ class FitResult:
     stopped_because: str = ""
 
 
-def _schedule(cfg: TrainConfig, total: int) -> Any:
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+class _Schedule:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` at step `total`. With a time budget
+    (`max_minutes`), `total` shrinks to the steps the budget allows once the speed is known, so
+    the decay still finishes when time is up. (Plain numbers only: LambdaLR checkpoints the
+    object's attributes, and restores them on resume.)"""
+
+    def __init__(self, cfg: TrainConfig, total: int) -> None:
+        self.warmup, self.floor, self.total = cfg.warmup_steps, cfg.min_lr_ratio, total
+        self.budget_s = None if cfg.max_minutes is None else 0.9 * cfg.max_minutes * 60
+
+    def fit_to_budget(self, step: int, seconds: float) -> None:
+        """Shrink `total` to the steps the budget allows at `step / seconds` steps per second
+        (a tenth of the budget is left for evaluations)."""
+        if self.budget_s is not None and seconds > 0:
+            self.total = min(self.total, max(step + 1, int(step / seconds * self.budget_s)))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _better(job: Job, new: float, best: float | None) -> bool:
@@ -133,7 +147,8 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     per_epoch = len(job.batches(0))
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
+    schedule = _Schedule(cfg, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     log = _Log(work_dir / LOG_FILE)
     ckpt_path = work_dir / CHECKPOINT_FILE
 
@@ -199,6 +214,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     bar = tqdm(total=total, initial=step, disable=not cfg.progress, dynamic_ncols=True,
                desc="train")
     stopped = ""
+    fit_at = step + min(200, max(20, total // 20)) if cfg.max_minutes else 0
     net.train()
     window_loss, window_items, window_start = 0.0, 0, time.monotonic()
     while not stopped:
@@ -211,6 +227,10 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             optimizer.step()
             scheduler.step()
             step += 1
+            # The speed is known once start-up costs are behind (or 5% of the budget is spent).
+            if fit_at and (step >= fit_at or elapsed() >= 3 * (cfg.max_minutes or math.inf)):
+                schedule.fit_to_budget(step, elapsed())
+                fit_at = 0
             window_loss += loss.item()
             window_items += items
             bar.update(1)
@@ -228,7 +248,8 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             due = step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch
             if step >= total:
                 stopped = "max steps reached" if cfg.max_steps is not None else "epochs done"
-            elif cfg.max_minutes is not None and elapsed() >= cfg.max_minutes * 60:
+            elif step >= schedule.total or (cfg.max_minutes is not None
+                                            and elapsed() >= cfg.max_minutes * 60):
                 stopped = "time budget spent"
             if (due or stopped) and run_eval() and not stopped:
                 stopped = "early stop: no improvement"

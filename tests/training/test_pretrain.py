@@ -147,3 +147,19 @@ def test_pretrain_refuses_a_validation_fraction_outside_0_1(
     with pytest.raises(SystemExit, match="val-fraction must be between 0 and 1"):
         train_main(["pretrain", "--text", str(encoder_file[1]), "--val-fraction", "1.5",
                     "--out", str(tmp_path / "e.pt")])
+
+
+def test_a_frozen_embedding_keeps_the_encoders_vectors(encoder_file: tuple[Path, Path, Path],
+                                                       tmp_path: Path) -> None:
+    enc_path, train, dev = encoder_file
+    out = tmp_path / "models" / "clf"
+    args = tiny_classifier_args(train, dev, out, steps=20)
+    for flag in ("--embedding-dim", "--hidden-size"):
+        i = args.index(flag)
+        del args[i:i + 2]
+    assert train_main([*args, "--init-from", str(enc_path), "--freeze-embedding"]) == 0
+    weights, encoder = load_file(str(out / "model.safetensors")), load_encoder(enc_path)
+    assert torch.equal(weights["embedding.weight"], encoder["state_dict"]["embedding.weight"])
+    assert not torch.equal(weights["rnn.weight_hh_l0"], encoder["state_dict"]["rnn.weight_hh_l0"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["hyperparameters"]["freeze_embedding"] is True

@@ -4,6 +4,7 @@ import fcntl
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,41 @@ def test_seeds_summary_goes_into_the_shipped_config_and_card(
     assert summary["accuracy_by_seed"] == accuracy
     assert "dev, seeds 1,2 (same command)" in (folders[0] / "README.md").read_text()
     assert load_artifact(folders[0]).config["metrics"]["dev"]["accuracy"] == accuracy[0]
+
+
+def test_a_time_budget_fits_the_decay_into_it(tmp_path: Path) -> None:
+    job = _job()
+    real_loss = job.loss
+
+    def slow_loss(batch: Any) -> Any:
+        time.sleep(0.02)  # ~50 steps a second: 10,000 steps would take minutes
+        return real_loss(batch)
+
+    job.loss = slow_loss  # type: ignore[method-assign]
+    cfg = _cfg(max_steps=10_000, max_minutes=0.05, eval_every=0, checkpoint_every=0)
+    result = fit(job, cfg, tmp_path)
+    assert result.stopped_because == "time budget spent"
+    assert 40 < result.steps < 300 and result.wall_time_s <= 3.5
+    lrs = [r["lr"] for r in result.history if "lr" in r]
+    assert lrs[-1] < 0.2 * cfg.lr  # decayed to (near) its floor, not cut off at the top
+
+
+def test_seeds_ship_copies_the_first_folder_under_its_new_name(
+        sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    folders = []
+    for seed in (1, 2):
+        out = tmp_path / "runs" / f"seed-{seed}"
+        assert train_main([*tiny_classifier_args(*sentiment_files, out, steps=20),
+                           "--seed", str(seed)]) == 0
+        folders.append(out)
+    shipped = tmp_path / "models" / "sentiment"
+    shipped.mkdir(parents=True)
+    (shipped / "stale.txt").write_text("from an earlier model")
+    assert seeds_main([*map(str, folders), "--ship", str(shipped)]) == 0
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["name"] == "sentiment" and "dev, seeds 1,2 (same command)" in config["metrics"]
+    assert (shipped / "README.md").read_text().startswith("# sentiment")
+    assert not (shipped / "stale.txt").exists()
+    source = json.loads((folders[0] / "config.json").read_text())
+    assert source["name"] == "seed-1" and "dev, seeds 1,2 (same command)" not in source["metrics"]
+    assert load_artifact(shipped).config["metrics"]["dev"] == source["metrics"]["dev"]

@@ -31,7 +31,7 @@ from app.metrics import (
 from textrnn.artifact import Artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
-from textrnn.sampling import RowParams, choose_tokens
+from textrnn.sampling import RowParams, choose_tokens, uniform_table
 
 __all__ = ["GenerationJob", "GenerationScheduler", "TokenEvent"]
 
@@ -70,6 +70,7 @@ class GenerationJob:
     admitted: bool = False
     generated: int = 0
     text: str = ""
+    uniforms: list[float] = field(default_factory=list)  # one per step, drawn at admission
 
     def cancel(self) -> None:
         """Ask the scheduler to drop this sequence at its next step."""
@@ -99,8 +100,7 @@ class _Batch:
         self.state = concat_states([self.state, state])
         self.last = torch.cat([self.last, last])
         self.seen = torch.cat([self.seen, seen])
-        self.params = RowParams(*(torch.cat([a, b]) for a, b in
-                                  zip(vars(self.params).values(), vars(params).values(), strict=True)))
+        self.params = RowParams.cat([self.params, params])
 
     def keep(self, rows: list[int]) -> None:
         if len(rows) == len(self.jobs):
@@ -230,6 +230,11 @@ class GenerationScheduler:
         seen = torch.zeros(len(jobs), self.vocab_size, dtype=torch.bool, device=self.device)
         for row, job in enumerate(jobs):
             seen[row, job.prompt_ids] = True
+        # Each job's random numbers, one per step, drawn now: a step then needs one small
+        # tensor for them instead of hashing seeds and steps (a dozen tensor operations).
+        table = uniform_table(params.seed, max(j.max_new_tokens for j in jobs)).tolist()
+        for job, row in zip(jobs, table, strict=True):
+            job.uniforms = row[:job.max_new_tokens]
         first = time.monotonic()
         for job in jobs:
             TIME_TO_FIRST_TOKEN.labels(self.name).observe(first - job.enqueued)
@@ -249,13 +254,18 @@ class GenerationScheduler:
         """Sample the given rows of the batch from `logits` (one row each), emit, retire."""
         batch = self._batch
         assert batch.params is not None and batch.seen is not None
-        index = torch.arange(rows.start, rows.stop, device=self.device)
-        params = batch.params.rows(index) if len(rows) != len(batch.jobs) else batch.params
-        steps = torch.tensor([batch.jobs[r].generated for r in rows], dtype=torch.long,
-                             device=self.device)
-        seen = batch.seen[rows.start:rows.stop]
-        ids, logprobs = choose_tokens(logits, params, steps, seen, banned=self.unk)
-        seen[torch.arange(len(rows), device=self.device), ids] = True
+        params = batch.params
+        if len(rows) != len(batch.jobs):
+            params = params.rows(torch.arange(rows.start, rows.stop, device=self.device))
+        uniforms = torch.tensor([batch.jobs[r].uniforms[batch.jobs[r].generated] for r in rows],
+                                device=self.device)
+        # Seen tokens matter only to rows with a repetition penalty, and a row's penalty is
+        # fixed: without one in the batch, the marks are neither read nor kept.
+        seen = batch.seen[rows.start:rows.stop] if params.uses.penalty else None
+        ids, logprobs = choose_tokens(logits, params, None, seen, banned=self.unk,
+                                      uniforms=uniforms)
+        if seen is not None:
+            seen[torch.arange(len(rows), device=self.device), ids] = True
         batch.last[rows.start:rows.stop] = ids
         GENERATED_TOKENS.labels(self.name).inc(len(rows))
         keep = list(range(rows.start)) if rows.start else []

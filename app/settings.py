@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     default_generator: str | None = Field(None, description="Model for /generate by default.")
     log_format: Literal["text", "json"] = Field("text", description="text or json.")
     gil_switch_ms: float = Field(
-        0.5, gt=0, le=100,
+        0.05, gt=0, le=100,
         description="Python's thread switch interval (ms): how soon an inference thread gets "
                     "the GIL back from a busy event loop.")
 

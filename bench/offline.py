@@ -10,7 +10,7 @@ import torch
 from textrnn.artifact import load_artifact
 from textrnn.inference import classify_logits, pad_batch
 from textrnn.nets import CharLM, RNNClassifier
-from textrnn.sampling import RowParams, choose_tokens
+from textrnn.sampling import RowParams, choose_tokens, uniform_table
 from textrnn.tokenization import encode_batch
 
 __all__ = ["classify_limit", "generate_limit"]
@@ -47,10 +47,9 @@ def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = 
         start = time.perf_counter()
         batch, lengths = pad_batch([ids] * streams, device)
         logits, state = net.prefill(batch, lengths)
-        seen = torch.zeros(streams, net.config.vocab_size, dtype=torch.bool, device=device)
+        uniforms = uniform_table(params.seed, tokens)  # as the server draws them, per request
         for step in range(tokens):
-            steps = torch.full((streams,), step, dtype=torch.long, device=device)
-            chosen, _ = choose_tokens(logits, params, steps, seen, banned=0)
+            chosen, _ = choose_tokens(logits, params, None, banned=0, uniforms=uniforms[:, step])
             chosen.tolist()  # the server hands every token to Python to stream it
             if step + 1 < tokens:
                 logits, state = net.step(chosen, state)

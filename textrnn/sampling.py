@@ -9,11 +9,13 @@ the same text alone or batched with any others, and nothing loops over rows in P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache, cached_property
 
 import torch
 from torch import Tensor
 
-__all__ = ["RowParams", "apply_repetition_penalty", "choose_tokens", "uniform_from_seed"]
+__all__ = ["RowParams", "Uses", "apply_repetition_penalty", "choose_tokens", "uniform_from_seed",
+           "uniform_table"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -35,7 +37,13 @@ def uniform_from_seed(seeds: Tensor, steps: Tensor) -> Tensor:
 
 @dataclass
 class RowParams:
-    """Per-row sampling parameters as tensors of shape [B]."""
+    """Per-row sampling parameters as tensors of shape [B].
+
+    Made once per set of rows (when the running batch changes), not per step: what is
+    derived from them (which warps any row uses, the effective temperatures) is cached here,
+    so that a step runs only the tensor operations its rows need. On the CPU each operation
+    also costs a round trip of the GIL, which a server's other threads are waiting for.
+    """
 
     temperature: Tensor  # float; 0 means greedy
     top_k: Tensor  # int64; 0 means off
@@ -43,11 +51,58 @@ class RowParams:
     repetition_penalty: Tensor  # float; 1 means off
     seed: Tensor  # int64
 
+    def _fields(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.seed
+
     def rows(self, index: Tensor) -> RowParams:
         """The parameters of the given rows."""
-        return RowParams(*(t.index_select(0, index) for t in
-                           (self.temperature, self.top_k, self.top_p, self.repetition_penalty,
-                            self.seed)))
+        return RowParams(*(t.index_select(0, index) for t in self._fields()))
+
+    @staticmethod
+    def cat(parts: list[RowParams]) -> RowParams:
+        """The rows of several parameter sets, in order."""
+        return RowParams(*(torch.cat(column) for column in zip(*(p._fields() for p in parts),
+                                                                strict=True)))
+
+    @cached_property
+    def uses(self) -> Uses:
+        """Which warps any row uses; the others are skipped."""
+        return Uses(greedy=bool((self.temperature <= 0).any()), top_k=bool((self.top_k > 0).any()),
+                    top_p=bool((self.top_p < 1).any()),
+                    penalty=bool((self.repetition_penalty != 1).any()))
+
+    @cached_property
+    def divisor(self) -> Tensor:
+        """[B, 1] temperatures to divide the logits by: greedy rows' 1, and a floor of 1e-3,
+        since a tiny temperature would overflow the scaled logits into inf and NaN (at 1e-3
+        sampling is already greedy for any real logit gap)."""
+        floored = self.temperature.clamp(min=1e-3)
+        if self.uses.greedy:
+            floored = torch.where(self.temperature <= 0, torch.ones_like(floored), floored)
+        return floored[:, None].float()
+
+    @cached_property
+    def top_k_column(self) -> Tensor:
+        """[B, 1] top-k, with "off" as a rank no vocabulary reaches."""
+        return torch.where(self.top_k > 0, self.top_k, 2**62)[:, None]
+
+
+@dataclass(frozen=True)
+class Uses:
+    """Whether any row of a batch is greedy, or uses top-k, top-p or the repetition penalty."""
+
+    greedy: bool
+    top_k: bool
+    top_p: bool
+    penalty: bool
+
+
+def uniform_table(seeds: Tensor, steps: int) -> Tensor:
+    """[B, steps]: row i holds `uniform_from_seed(seeds[i], t)` for t = 0 .. steps - 1, so a
+    generation's random numbers can be drawn once, when it starts."""
+    rows = seeds.size(0)
+    grid = torch.arange(steps, dtype=torch.long, device=seeds.device).repeat(rows)
+    return uniform_from_seed(seeds.repeat_interleave(steps), grid).view(rows, steps)
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> Tensor:
@@ -58,39 +113,51 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> T
     return torch.where(seen, penalised, logits)
 
 
-def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor,
-                  seen: Tensor | None = None, banned: int | None = None) -> tuple[Tensor, Tensor]:
+@cache
+def _ranks(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Positions 0 .. size - 1 as a [1, size] row, and which of them are past the first."""
+    with torch.inference_mode(False):  # kept across calls: an ordinary tensor, usable anywhere
+        rank = torch.arange(size, device=device)[None, :]
+        return rank, rank > 0
+
+
+def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor | None,
+                  seen: Tensor | None = None, banned: int | None = None,
+                  uniforms: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Pick one token per row; return (ids [B], model log-probabilities of those ids [B]).
 
+    Each row's random number is `uniform_from_seed(seed, step)` for its `steps` entry, or its
+    entry of `uniforms` [B] when given (drawn ahead by `uniform_table`; the same numbers).
     `seen` [B, V] marks tokens already in each row (for the repetition penalty); `banned`
     is a token id never produced (the unknown token). The log-probability is that of the
-    model's own distribution, before any warping.
+    model's own distribution, before any warping. Warps no row uses are skipped.
     """
+    uses = params.uses
     logits = logits.float()
     if banned is not None:
         logits[:, banned] = float("-inf")
     logprobs = torch.log_softmax(logits, dim=-1)  # B V
-    if seen is not None:
+    if seen is not None and uses.penalty:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
         if banned is not None:
             logits[:, banned] = float("-inf")
-    greedy = params.temperature <= 0
-    # A tiny temperature would overflow the scaled logits into inf and NaN: floor it (at
-    # 1e-3 sampling is already greedy for any real logit gap).
-    temperature = torch.where(greedy, torch.ones_like(params.temperature),
-                              params.temperature.clamp(min=1e-3))
-    scaled = logits / temperature[:, None].to(logits.dtype)
+    scaled = logits / params.divisor
     ordered, order = scaled.sort(dim=-1, descending=True)  # B V
-    rank = torch.arange(ordered.size(1), device=ordered.device)[None, :]  # 1 V
-    k = torch.where(params.top_k > 0, params.top_k, ordered.size(1))[:, None]
-    ordered = ordered.masked_fill(rank >= k, float("-inf"))
+    rank, past_first = _ranks(ordered.size(1), ordered.device)
+    if uses.top_k:
+        ordered = ordered.masked_fill(rank >= params.top_k_column, float("-inf"))
     probs = torch.softmax(ordered, dim=-1)  # B V, in sorted order
-    before = probs.cumsum(-1) - probs  # mass strictly above each position
-    ordered = ordered.masked_fill((before > params.top_p[:, None]) & (rank > 0), float("-inf"))
-    probs = torch.softmax(ordered, dim=-1)
+    if uses.top_p:
+        before = probs.cumsum(-1) - probs  # mass strictly above each position
+        ordered = ordered.masked_fill((before > params.top_p[:, None]) & past_first, float("-inf"))
+        probs = torch.softmax(ordered, dim=-1)
     cdf = probs.cumsum(-1)  # B V
-    u = uniform_from_seed(params.seed, steps).to(cdf.device)[:, None] * cdf[:, -1:]
+    if uniforms is None:
+        assert steps is not None, "choose_tokens needs steps or uniforms"
+        uniforms = uniform_from_seed(params.seed, steps)
+    u = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
     pick = torch.searchsorted(cdf, u).clamp_(max=cdf.size(1) - 1)  # B 1
-    sampled = order.gather(1, pick)[:, 0]
-    ids = torch.where(greedy, logits.argmax(-1), sampled)
+    ids = order.gather(1, pick)[:, 0]
+    if uses.greedy:
+        ids = torch.where(params.temperature <= 0, logits.argmax(-1), ids)
     return ids, logprobs.gather(1, ids[:, None])[:, 0]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from textrnn.sampling import RowParams, choose_tokens, uniform_from_seed
+from textrnn.sampling import RowParams, choose_tokens, uniform_from_seed, uniform_table
 
 
 def _params(n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -70,3 +70,38 @@ def test_extreme_penalties_never_pick_the_banned_token_or_give_nan() -> None:
                                                               penalty=penalty),
                                       torch.zeros(4, dtype=torch.long), seen, banned=0)
             assert (ids != 0).all() and torch.isfinite(logp).all()
+
+
+def test_rows_with_different_warps_choose_as_they_would_alone() -> None:
+    # The batch uses every warp, so nothing is skipped for it; alone, each row skips those it
+    # does not use. The choices must not change.
+    torch.manual_seed(1)
+    logits = torch.randn(5, 40)
+    params = RowParams(torch.tensor([0.0, 0.7, 1.0, 1.3, 0.9]),
+                       torch.tensor([0, 5, 0, 0, 12]), torch.tensor([1.0, 1.0, 0.8, 1.0, 0.9]),
+                       torch.tensor([1.0, 1.0, 1.0, 1.6, 1.2]), torch.arange(100, 105))
+    seen = torch.rand(5, 40) < 0.3
+    steps = torch.tensor([0, 3, 7, 1, 9])
+    assert params.uses == params.uses.__class__(True, True, True, True)
+    together, logp = choose_tokens(logits.clone(), params, steps, seen, banned=0)
+    for row in range(5):
+        index = torch.tensor([row])
+        alone = params.rows(index)
+        assert not all(vars(alone.uses).values())  # something is skipped
+        ids, lp = choose_tokens(logits[index].clone(), alone, steps[index], seen[index], banned=0)
+        assert ids.item() == together[row].item() and lp.item() == logp[row].item()
+
+
+def test_uniforms_drawn_ahead_are_the_per_step_ones() -> None:
+    seeds = torch.tensor([3, 2**40 + 7, 0])
+    table = uniform_table(seeds, 6)
+    for t in range(6):
+        assert torch.equal(table[:, t], uniform_from_seed(seeds, torch.full((3,), t)))
+    logits = torch.randn(3, 20)
+    params = RowParams(torch.ones(3), torch.zeros(3, dtype=torch.long), torch.full((3,), 0.9),
+                       torch.ones(3), seeds)
+    steps = torch.tensor([4, 0, 5])
+    by_step, _ = choose_tokens(logits.clone(), params, steps)
+    drawn, _ = choose_tokens(logits.clone(), params, None,
+                             uniforms=table.gather(1, steps[:, None])[:, 0])
+    assert torch.equal(by_step, drawn)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,24 +89,49 @@ async def _collect(job: GenerationJob, first: TokenEvent, details: bool) -> Gene
                             details=info if details else None)
 
 
+@functools.cache
+def _json_text(text: str) -> str:
+    """A token's text as a JSON string (a language model's vocabulary is small: cached)."""
+    return json.dumps(text)
+
+
+def _number(value: float) -> str:
+    """A float as json.dumps writes it (repr for finite values)."""
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
+def _event(event: TokenEvent, job: GenerationJob, text: list[str]) -> str:
+    """One server-sent event in TGI's StreamResponse shape. Written by hand: this runs once
+    per token per stream on the event loop, and json.dumps of the dict cost several times more."""
+    head = (f'data: {{"index":{event.index},"token":{{"id":{event.id},'
+            f'"text":{_json_text(event.text)},"logprob":{_number(event.logprob)},'
+            f'"special":false}},"generated_text":')
+    if event.finish_reason is None:
+        return head + 'null,"details":null}\n\n'
+    details = {"finish_reason": event.finish_reason, "generated_tokens": len(text),
+               "seed": job.seed}
+    return (head + f'{json.dumps("".join(text))},"details":'
+            f'{json.dumps(details, separators=(",", ":"))}}}\n\n')
+
+
 async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
     text: list[str] = []
-    event = first
+    event: TokenEvent | BaseException | None = first
     try:
         while True:
-            text.append(event.text)
-            # Written directly in StreamResponse's shape: this runs once per token per stream.
-            token = {"id": event.id, "text": event.text, "logprob": event.logprob,
-                     "special": False}
-            out: dict[str, Any] = {"index": event.index, "token": token,
-                                   "generated_text": None, "details": None}
-            if event.finish_reason is not None:
-                out["generated_text"] = "".join(text)
-                out["details"] = {"finish_reason": event.finish_reason,
-                                  "generated_tokens": len(text), "seed": job.seed}
-                yield f"data: {json.dumps(out, separators=(',', ':'))}\n\n"
-                return
-            yield f"data: {json.dumps(out, separators=(',', ':'))}\n\n"
+            # The tokens already waiting go out in one write: when the event loop falls
+            # behind the scheduler, a stream catches up with one send, not one per token.
+            chunk: list[str] = []
+            while isinstance(event, TokenEvent):
+                text.append(event.text)
+                chunk.append(_event(event, job, text))
+                if event.finish_reason is not None:
+                    yield "".join(chunk)
+                    return
+                event = _ready(job)
+            yield "".join(chunk)
+            if isinstance(event, BaseException):  # after the tokens that came before it
+                raise event
             event = await _next(job)
     except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
         known = isinstance(exc, ServiceError)
@@ -113,6 +140,14 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
         yield f"data: {json.dumps(error)}\n\n"
     finally:
         job.cancel()  # a client that left is dropped at the next step
+
+
+def _ready(job: GenerationJob) -> TokenEvent | BaseException | None:
+    """The job's next event (or error) if it has already arrived, else None."""
+    try:
+        return job.events.get_nowait()
+    except asyncio.QueueEmpty:
+        return None
 
 
 async def _respond(body: GenerateRequest, request: Request, response: Response,

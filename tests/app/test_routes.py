@@ -6,6 +6,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.generation import GenerationJob, TokenEvent
+from app.routes.generate import _event
 from app.schemas import StreamResponse
 
 
@@ -167,3 +169,20 @@ def test_the_classify_fast_path_answers_as_the_route_does(client: TestClient) ->
     metrics = client.get("/metrics").text
     assert 'rnn_requests_total{route="/classify",status="200"}' in metrics
     assert 'rnn_requests_total{route="/classify",status="422"}' in metrics
+
+
+def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
+    job = GenerationJob([1], 5, 1.0, 0, 1.0, 1.0, 7, [], loop=None)  # type: ignore[arg-type]
+    text: list[str] = []
+    for i, (piece, logprob) in enumerate([('"', -0.25), ("\\", -1e-7), ("\n", float("-inf")),
+                                          ("é", -3.0), ("\u2028", float("nan"))]):
+        text.append(piece)
+        reason = "length" if i == 4 else None
+        line = _event(TokenEvent(i, 40 + i, piece, logprob, reason), job, text)
+        expected = {"index": i, "token": {"id": 40 + i, "text": piece, "logprob": logprob,
+                                          "special": False},
+                    "generated_text": None, "details": None}
+        if reason:
+            expected |= {"generated_text": "".join(text), "details": {
+                "finish_reason": reason, "generated_tokens": 5, "seed": 7}}
+        assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"

@@ -12,6 +12,7 @@ import torch
 
 from app.entry import ModelEntry, fingerprint, resolve_device
 from app.errors import ModelNotFound, ModelNotReady, WrongTask
+from app.metrics import MODEL_READY
 from app.settings import Settings
 
 __all__ = ["Registry", "resolve_device"]
@@ -68,6 +69,8 @@ class Registry:
                 entry.start(self.settings, self.device)
             kept = [n for n in folders if n not in fresh]
             self.entries = {name: fresh.get(name) or current[name] for name in sorted(folders)}
+            for name in current.keys() - folders.keys():  # a removed model has no readiness
+                MODEL_READY.remove(name)
             retired = [e for n, e in current.items() if n not in folders or n in fresh]
             for entry in retired:
                 task = asyncio.get_running_loop().create_task(

@@ -88,11 +88,14 @@ class _Schedule:
         self.warmup, self.floor, self.total = cfg.warmup_steps, cfg.min_lr_ratio, total
         self.budget_s = None if cfg.max_minutes is None else 0.9 * cfg.max_minutes * 60
 
-    def fit_to_budget(self, step: int, seconds: float) -> None:
-        """Shrink `total` to the steps the budget allows at `step / seconds` steps per second
-        (a tenth of the budget is left for evaluations)."""
-        if self.budget_s is not None and seconds > 0:
-            self.total = min(self.total, max(step + 1, int(step / seconds * self.budget_s)))
+    def fit_to_budget(self, since: tuple[int, float], now: tuple[int, float]) -> None:
+        """Shrink `total` to the steps the budget allows at the speed measured between two
+        (step, seconds) marks; the first is taken after start-up (a GPU's first steps are
+        slow), and a tenth of the budget is left for evaluations."""
+        (step0, t0), (step, t) = since, now
+        if self.budget_s is not None and t > t0 and step > step0:
+            rate = (step - step0) / (t - t0)
+            self.total = min(self.total, max(step + 1, step + int(rate * (self.budget_s - t))))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -214,7 +217,11 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     bar = tqdm(total=total, initial=step, disable=not cfg.progress, dynamic_ncols=True,
                desc="train")
     stopped = ""
+    # A budget's schedule is fitted once, from the speed between a first mark (after start-up)
+    # and `fit_at` steps (or 5% of the budget, whichever comes first).
+    start_step = step
     fit_at = step + min(200, max(20, total // 20)) if cfg.max_minutes else 0
+    mark: tuple[int, float] | None = None
     net.train()
     window_loss, window_items, window_start = 0.0, 0, time.monotonic()
     while not stopped:
@@ -227,9 +234,12 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             optimizer.step()
             scheduler.step()
             step += 1
-            # The speed is known once start-up costs are behind (or 5% of the budget is spent).
-            if fit_at and (step >= fit_at or elapsed() >= 3 * (cfg.max_minutes or math.inf)):
-                schedule.fit_to_budget(step, elapsed())
+            if fit_at and mark is None and (step >= fit_at - (fit_at - start_step) // 2
+                                            or elapsed() >= 1.5 * (cfg.max_minutes or math.inf)):
+                mark = (step, elapsed())
+            elif fit_at and mark is not None and (
+                    step >= fit_at or elapsed() >= 3 * (cfg.max_minutes or math.inf)):
+                schedule.fit_to_budget(mark, (step, elapsed()))
                 fit_at = 0
             window_loss += loss.item()
             window_items += items

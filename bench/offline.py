@@ -34,24 +34,30 @@ def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: flo
 
 
 def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = "ROMEO:",
-                   device: str = "cpu") -> float:
-    """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling)."""
+                   device: str = "cpu", rounds: int = 1) -> float:
+    """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling),
+    `rounds` times over (as many generations as the server's clients run at that level)."""
     art = load_artifact(folder)
     net = art.net.to(device)
     assert isinstance(net, CharLM)
     ids = art.tokenizer.encode(prompt).ids
-    params = RowParams(*(t.to(device) for t in (
-        torch.full((streams,), 0.8), torch.full((streams,), 40, dtype=torch.long),
-        torch.full((streams,), 0.95), torch.ones(streams), torch.arange(streams, dtype=torch.long))))
+    done, elapsed = 0, 0.0
     with torch.inference_mode():
-        start = time.perf_counter()
-        batch, lengths = pad_batch([ids] * streams, device)
-        logits, state = net.prefill(batch, lengths)
-        uniforms = uniform_table(params.seed, tokens)  # as the server draws them, per request
-        for step in range(tokens):
-            chosen, _ = choose_tokens(logits, params, None, banned=0, uniforms=uniforms[:, step])
-            chosen.tolist()  # the server hands every token to Python to stream it
-            if step + 1 < tokens:
-                logits, state = net.step(chosen, state)
-        elapsed = time.perf_counter() - start
-    return streams * tokens / elapsed
+        for r in range(rounds):
+            params = RowParams(*(t.to(device) for t in (
+                torch.full((streams,), 0.8), torch.full((streams,), 40, dtype=torch.long),
+                torch.full((streams,), 0.95), torch.ones(streams),
+                torch.arange(streams, dtype=torch.long) + r * streams)))
+            start = time.perf_counter()
+            batch, lengths = pad_batch([ids] * streams, device)
+            logits, state = net.prefill(batch, lengths)
+            uniforms = uniform_table(params.seed, tokens)  # as the server draws them
+            for step in range(tokens):
+                chosen, _ = choose_tokens(logits, params, None, banned=0,
+                                          uniforms=uniforms[:, step])
+                chosen.tolist()  # the server hands every token to Python to stream it
+                if step + 1 < tokens:
+                    logits, state = net.step(chosen, state)
+            elapsed += time.perf_counter() - start
+            done += streams * tokens
+    return done / elapsed

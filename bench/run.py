@@ -116,7 +116,8 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
             for _ in range(args.repeats):
                 runs.append(asyncio.run(generate_load(server.url, c, args.tokens,
                                                       max(1, args.rounds))))
-                limits.append(generate_limit(lm, c, args.tokens, device=args.device))
+                limits.append(generate_limit(lm, c, args.tokens, device=args.device,
+                                             rounds=max(1, args.rounds)))
             r = max(runs, key=lambda x: x["tokens_per_s"])
             r |= {"offline_tokens_per_s": max(limits), "offline_runs": limits,
                   "server_runs": [x["tokens_per_s"] for x in runs]}

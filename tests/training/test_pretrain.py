@@ -77,6 +77,15 @@ def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     return out, train, dev
 
 
+def _from_encoder_args(train: Path, dev: Path, out: Path) -> list[str]:
+    """A tiny classifier run's arguments without the sizes (taken from the encoder instead)."""
+    args = tiny_classifier_args(train, dev, out, steps=20)
+    for flag in ("--embedding-dim", "--hidden-size"):
+        i = args.index(flag)
+        del args[i:i + 2]
+    return args
+
+
 def test_pretrain_writes_an_encoder_with_its_provenance(encoder_file: tuple[Path, Path, Path]
                                                         ) -> None:
     data = load_encoder(encoder_file[0])
@@ -95,10 +104,7 @@ def test_classifier_starts_from_the_encoder(encoder_file: tuple[Path, Path, Path
                                             tmp_path: Path) -> None:
     enc_path, train, dev = encoder_file
     out = tmp_path / "models" / "clf"
-    args = tiny_classifier_args(train, dev, out, steps=20)
-    for flag in ("--embedding-dim", "--hidden-size"):  # taken from the encoder instead
-        i = args.index(flag)
-        del args[i:i + 2]
+    args = _from_encoder_args(train, dev, out)
     args[args.index("--lr") + 1] = "0"  # nothing moves: the weights are the encoder's
     assert train_main([*args, "--init-from", str(enc_path)]) == 0
     encoder = load_encoder(enc_path)
@@ -126,10 +132,7 @@ def test_keep_head_starts_from_the_encoders_label_head(encoder_file: tuple[Path,
                                                        tmp_path: Path) -> None:
     enc_path, train, dev = encoder_file
     out = tmp_path / "models" / "clf"
-    args = tiny_classifier_args(train, dev, out, steps=20)
-    for flag in ("--embedding-dim", "--hidden-size"):
-        i = args.index(flag)
-        del args[i:i + 2]
+    args = _from_encoder_args(train, dev, out)
     args[args.index("--lr") + 1] = "0"
     assert train_main([*args, "--init-from", str(enc_path), "--keep-head"]) == 0
     weights = load_file(str(out / "model.safetensors"))
@@ -153,10 +156,7 @@ def test_a_frozen_embedding_keeps_the_encoders_vectors(encoder_file: tuple[Path,
                                                        tmp_path: Path) -> None:
     enc_path, train, dev = encoder_file
     out = tmp_path / "models" / "clf"
-    args = tiny_classifier_args(train, dev, out, steps=20)
-    for flag in ("--embedding-dim", "--hidden-size"):
-        i = args.index(flag)
-        del args[i:i + 2]
+    args = _from_encoder_args(train, dev, out)
     assert train_main([*args, "--init-from", str(enc_path), "--freeze-embedding"]) == 0
     weights, encoder = load_file(str(out / "model.safetensors")), load_encoder(enc_path)
     assert torch.equal(weights["embedding.weight"], encoder["state_dict"]["embedding.weight"])

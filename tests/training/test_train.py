@@ -180,14 +180,20 @@ def test_a_second_run_on_the_same_work_dir_stops_at_once(tmp_path: Path) -> None
     assert fit(job, _cfg(max_steps=2), tmp_path).steps == 2  # free again
 
 
-def test_seeds_summary_goes_into_the_shipped_config_and_card(
-        sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+def _seed_folders(files: tuple[Path, Path], root: Path, steps: int) -> list[Path]:
+    """Tiny classifiers trained by the same command with seeds 1 and 2, as root/seed-N."""
     folders = []
     for seed in (1, 2):
-        out = tmp_path / "models" / f"seed-{seed}"
-        assert train_main([*tiny_classifier_args(*sentiment_files, out, steps=40),
+        out = root / f"seed-{seed}"
+        assert train_main([*tiny_classifier_args(*files, out, steps=steps),
                            "--seed", str(seed)]) == 0
         folders.append(out)
+    return folders
+
+
+def test_seeds_summary_goes_into_the_shipped_config_and_card(
+        sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    folders = _seed_folders(sentiment_files, tmp_path / "models", steps=40)
     accuracy = [json.loads((f / "config.json").read_text())["metrics"]["dev"]["accuracy"]
                 for f in folders]
     assert seeds_main([str(f) for f in folders]) == 0
@@ -218,12 +224,7 @@ def test_a_time_budget_fits_the_decay_into_it(tmp_path: Path) -> None:
 
 def test_seeds_ship_copies_the_first_folder_under_its_new_name(
         sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
-    folders = []
-    for seed in (1, 2):
-        out = tmp_path / "runs" / f"seed-{seed}"
-        assert train_main([*tiny_classifier_args(*sentiment_files, out, steps=20),
-                           "--seed", str(seed)]) == 0
-        folders.append(out)
+    folders = _seed_folders(sentiment_files, tmp_path / "runs", steps=20)
     shipped = tmp_path / "models" / "sentiment"
     shipped.mkdir(parents=True)
     (shipped / "stale.txt").write_text("from an earlier model")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,40 +88,45 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def _best_of(repeats: int, key: str, load: Callable[[], dict[str, Any]],
+             limit: Callable[[], float]) -> dict[str, Any]:
+    """Run a load level `repeats` times, each followed by its offline limit; the best load
+    run's figures, with the best limit as `offline_<key>` and every run's rate beside them."""
+    runs, limits = [], []
+    for _ in range(repeats):
+        runs.append(load())
+        limits.append(limit())
+    best = max(runs, key=lambda x: float(x[key]))
+    return best | {f"offline_{key}": max(limits), "offline_runs": limits,
+                   "server_runs": [x[key] for x in runs]}
+
+
 def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                 texts: list[str]) -> dict[str, Any]:
     server = Server(env)
     out: dict[str, Any] = {"mode": name, "env": env, "startup_s": server.startup_s,
                            "idle_rss_mb": server.idle_rss_mb, "classify": {}, "generate": {}}
     sentiment, lm = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare"
+    rounds = max(1, args.rounds)  # generations per stream client
     # This shared machine's speed drifts by up to 2x within minutes, and interference only
     # ever slows a measurement down. So each level runs `repeats` times, each time followed
     # by its offline limit (the server idle), and the best of each is compared: two figures
     # measured side by side, each at the machine's best moment.
     try:
         for c in args.classify_concurrency:
-            runs, limits = [], []
-            for _ in range(args.repeats):
-                runs.append(asyncio.run(classify_load(server.url, texts, c, args.seconds,
-                                                      args.max_requests)))
-                limits.append(classify_limit(sentiment, texts, 64, seconds=2.0,
-                                             device=args.device))
-            r = max(runs, key=lambda x: x["texts_per_s"])
-            r |= {"offline_texts_per_s": max(limits), "offline_runs": limits,
-                  "server_runs": [x["texts_per_s"] for x in runs]}
+            r = _best_of(args.repeats, "texts_per_s",
+                         lambda c=c: asyncio.run(classify_load(server.url, texts, c, args.seconds,
+                                                               args.max_requests)),
+                         lambda: classify_limit(sentiment, texts, 64, seconds=2.0,
+                                                device=args.device))
             out["classify"][c] = r
             print(f"  {name} classify c={c}: {r['texts_per_s']:.0f} texts/s "
                   f"(offline {r['offline_texts_per_s']:.0f})", file=sys.stderr)
         for c in args.generate_concurrency:
-            runs, limits = [], []
-            for _ in range(args.repeats):
-                runs.append(asyncio.run(generate_load(server.url, c, args.tokens,
-                                                      max(1, args.rounds))))
-                limits.append(generate_limit(lm, c, args.tokens, device=args.device,
-                                             rounds=max(1, args.rounds)))
-            r = max(runs, key=lambda x: x["tokens_per_s"])
-            r |= {"offline_tokens_per_s": max(limits), "offline_runs": limits,
-                  "server_runs": [x["tokens_per_s"] for x in runs]}
+            r = _best_of(args.repeats, "tokens_per_s",
+                         lambda c=c: asyncio.run(generate_load(server.url, c, args.tokens, rounds)),
+                         lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
+                                                    rounds=rounds))
             out["generate"][c] = r
             print(f"  {name} generate c={c}: {r['tokens_per_s']:.0f} tokens/s "
                   f"(offline {r['offline_tokens_per_s']:.0f})", file=sys.stderr)

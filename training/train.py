@@ -79,23 +79,36 @@ class FitResult:
 
 
 class _Schedule:
-    """Linear warm-up, then cosine decay to `min_lr_ratio` at step `total`. With a time budget
-    (`max_minutes`), `total` shrinks to the steps the budget allows once the speed is known, so
-    the decay still finishes when time is up. (Plain numbers only: LambdaLR checkpoints the
-    object's attributes, and restores them on resume.)"""
+    """Linear warm-up, then cosine decay to `min_lr_ratio` at step `total`.
+
+    With a time budget (`max_minutes`), `total` shrinks once to the steps the budget allows:
+    the speed is measured between a first mark, taken halfway to the fit point so that
+    start-up (a GPU's slow first steps) is behind it, and the fit point (up to 200 steps in,
+    or 2.5% and 5% of the budget, whichever comes first); a tenth of the budget is left for
+    evaluations. So the decay still finishes when time is up. (Plain numbers only: LambdaLR
+    checkpoints the object's attributes, and restores them on resume.)"""
 
     def __init__(self, cfg: TrainConfig, total: int) -> None:
         self.warmup, self.floor, self.total = cfg.warmup_steps, cfg.min_lr_ratio, total
-        self.budget_s = None if cfg.max_minutes is None else 0.9 * cfg.max_minutes * 60
+        self.limit_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
+        span = min(200, max(20, total // 20))
+        self.mark_at, self.fit_at = span - span // 2, span
+        self.mark: tuple[int, float] | None = None
+        self.fitted = self.limit_s is None
 
-    def fit_to_budget(self, since: tuple[int, float], now: tuple[int, float]) -> None:
-        """Shrink `total` to the steps the budget allows at the speed measured between two
-        (step, seconds) marks; the first is taken after start-up (a GPU's first steps are
-        slow), and a tenth of the budget is left for evaluations."""
-        (step0, t0), (step, t) = since, now
-        if self.budget_s is not None and t > t0 and step > step0:
-            rate = (step - step0) / (t - t0)
-            self.total = min(self.total, max(step + 1, step + int(rate * (self.budget_s - t))))
+    def observe(self, step: int, seconds: float) -> None:
+        """After each optimiser step (`seconds` of training so far): take the marks, fit."""
+        if self.fitted or self.limit_s is None:
+            return
+        if self.mark is None:
+            if step >= self.mark_at or seconds >= 0.025 * self.limit_s:
+                self.mark = (step, seconds)
+        elif step >= self.fit_at or seconds >= 0.05 * self.limit_s:
+            (step0, t0), budget_s = self.mark, 0.9 * self.limit_s
+            if seconds > t0 and step > step0:
+                rate = (step - step0) / (seconds - t0)
+                self.total = min(self.total, max(step + 1, step + int(rate * (budget_s - seconds))))
+            self.fitted = True
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -217,11 +230,6 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     bar = tqdm(total=total, initial=step, disable=not cfg.progress, dynamic_ncols=True,
                desc="train")
     stopped = ""
-    # A budget's schedule is fitted once, from the speed between a first mark (after start-up)
-    # and `fit_at` steps (or 5% of the budget, whichever comes first).
-    start_step = step
-    fit_at = step + min(200, max(20, total // 20)) if cfg.max_minutes else 0
-    mark: tuple[int, float] | None = None
     net.train()
     window_loss, window_items, window_start = 0.0, 0, time.monotonic()
     while not stopped:
@@ -234,13 +242,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             optimizer.step()
             scheduler.step()
             step += 1
-            if fit_at and mark is None and (step >= fit_at - (fit_at - start_step) // 2
-                                            or elapsed() >= 1.5 * (cfg.max_minutes or math.inf)):
-                mark = (step, elapsed())
-            elif fit_at and mark is not None and (
-                    step >= fit_at or elapsed() >= 3 * (cfg.max_minutes or math.inf)):
-                schedule.fit_to_budget(mark, (step, elapsed()))
-                fit_at = 0
+            schedule.observe(step, elapsed())
             window_loss += loss.item()
             window_items += items
             bar.update(1)

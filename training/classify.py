@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from textrnn.inference import classify_logits, pad_batch
 from textrnn.nets import RNNClassifier
@@ -88,6 +88,17 @@ class ClassifierJob:
         gold = torch.tensor(self.dev_labels)
         report = classification_report(self.labels, self.dev_labels, logits.argmax(1).tolist())
         return {"loss": float(F.cross_entropy(logits, gold))} | report
+
+    def layers(self) -> list[list[tuple[str, nn.Parameter]]]:
+        """Parameters from the top down: the head, the recurrent layers (the last first), the
+        word vectors (for discriminative learning rates and gradual unfreezing)."""
+        named = dict(self.net.named_parameters())
+        rnn = [[(n, p) for n, p in named.items()
+                if n.startswith("rnn.") and n.split("_l")[-1].split("_")[0] == str(k)]
+               for k in reversed(range(self.net.config.num_layers))]
+        top = [(n, p) for n, p in named.items() if not n.startswith(("rnn.", "embedding."))]
+        bottom = [(n, p) for n, p in named.items() if n.startswith("embedding.")]
+        return [top, *rnn, bottom]
 
     def extra_state(self) -> dict[str, Tensor]:
         """Nothing beyond the loop's own state."""

@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--freeze-embedding", action="store_true",
                    help="keep the word vectors fixed (those of --init-from, say): words seen "
                         "only in pretraining stay where their neighbours are")
+    c.add_argument("--lr-decay", type=float, default=1.0,
+                   help="each layer below the head learns at the rate above it / this (ULMFiT "
+                        "used 2.6); 1 = one rate")
+    c.add_argument("--unfreeze-every", type=int, default=0,
+                   help="steps; train the head alone first, then unfreeze one layer more "
+                        "every N steps (gradual unfreezing); 0 = all from the start")
+    c.add_argument("--ema", type=float, default=0.0,
+                   help="evaluate and keep a moving average of the weights with this decay "
+                        "per step (0.998: about the last 500 steps); 0 = the weights as they are")
     _common(c, lr=2e-3, batch=64)
     t = sub.add_parser("pretrain", help="pretrain a classifier encoder as a bidirectional LM")
     t.add_argument("--text", type=Path, required=True, help=".tsv/.csv/.jsonl, or .txt (a line each)")

@@ -14,6 +14,7 @@ from typing import IO, Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 __all__ = ["FitResult", "Job", "TrainConfig", "WorkDirBusy", "fit"]
@@ -47,6 +48,9 @@ class TrainConfig:
     threads: int = 1
     log_every: int = 20
     progress: bool = True
+    lr_decay: float = 1.0  # each layer below the top learns at the rate above / this (ULMFiT)
+    unfreeze_every: int = 0  # steps; > 0: the top layer trains alone, one more every N steps
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
 
 
 class Job(Protocol):
@@ -63,6 +67,9 @@ class Job(Protocol):
     def evaluate(self) -> dict[str, Any]: ...
     def extra_state(self) -> dict[str, Tensor]: ...
     def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
+    # Optional: `layers() -> list[list[tuple[str, Parameter]]]`, the net's parameters by
+    # layer from the top (the head) down, for `lr_decay` and `unfreeze_every`; without it
+    # the whole net is one layer.
 
 
 @dataclass
@@ -117,6 +124,44 @@ class _Schedule:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+Layer = list[tuple[str, nn.Parameter]]
+
+
+def _layers(job: Job) -> list[Layer]:
+    layers = getattr(job, "layers", None)
+    return list(layers()) if layers is not None else [list(job.net.named_parameters())]
+
+
+def _param_groups(layers: list[Layer], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay, biases and word vectors do not; layer k from the top
+    learns at lr / lr_decay**k (discriminative fine-tuning, as in ULMFiT)."""
+    groups = []
+    for depth, layer in enumerate(layers):
+        lr = cfg.lr / cfg.lr_decay ** depth
+        decay = [p for n, p in layer if p.dim() > 1 and "embedding" not in n]
+        rest = [p for n, p in layer if not (p.dim() > 1 and "embedding" not in n)]
+        groups += [{"params": ps, "weight_decay": wd, "lr": lr}
+                   for ps, wd in ((decay, cfg.weight_decay), (rest, 0.0)) if ps]
+    return groups
+
+
+class _Unfreezing:
+    """Gradual unfreezing: layer k from the top trains from step k * every on (the top one
+    from the start). A parameter that was frozen to begin with stays frozen. The state
+    follows from the step alone, so a resumed run gets it right."""
+
+    def __init__(self, layers: list[Layer], every: int) -> None:
+        self.every = every
+        self.layers = [[p for _, p in layer if p.requires_grad] for layer in layers]
+
+    def at(self, step: int) -> None:
+        if self.every <= 0:
+            return
+        for depth, params in enumerate(self.layers):
+            for p in params:
+                p.requires_grad_(step >= depth * self.every)
+
+
 def _better(job: Job, new: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -157,10 +202,13 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     net = job.net
-    decay = [p for n, p in net.named_parameters() if p.dim() > 1 and "embedding" not in n]
-    no_decay = [p for n, p in net.named_parameters() if not (p.dim() > 1 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    layers = _layers(job)
+    optimizer = torch.optim.AdamW(_param_groups(layers, cfg), lr=cfg.lr)
+    unfreeze = _Unfreezing(layers, cfg.unfreeze_every)
+    # Evaluated and kept instead of the live weights: the average of the last ~1/(1-ema)
+    # steps' weights, which does not swing with each batch as the live ones do.
+    averaged = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # type: ignore[no-untyped-call]
+                if cfg.ema > 0 else None)
     per_epoch = len(job.batches(0))
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
     schedule = _Schedule(cfg, total)
@@ -182,6 +230,8 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
         if "cuda_rng" in ck and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         job.load_extra_state(ck["extra"])
+        if averaged is not None:
+            averaged.load_state_dict(ck["ema"])
         best_state, best_eval, history = ck["best_state"], ck["best_eval"], ck["history"]
         step, epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
         best_metric, bad_evals, elapsed_before = ck["best_metric"], ck["bad_evals"], ck["elapsed"]
@@ -201,6 +251,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
                     "history": history, "step": step, "epoch": next_epoch, "batch": next_batch,
                     "best_metric": best_metric, "bad_evals": bad_evals, "elapsed": elapsed(),
                     "config": asdict(cfg)}
+                   | ({"ema": averaged.state_dict()} if averaged is not None else {})
                    | ({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available()
                       else {}), tmp)
         tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
@@ -208,6 +259,10 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     def run_eval() -> bool:
         """Evaluate, keep the best weights; True when patience has run out."""
         nonlocal best_metric, best_state, best_eval, bad_evals
+        live = None
+        if averaged is not None:  # evaluate (and keep) the average in the net's place
+            live = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(averaged.module.state_dict())
         net.eval()
         with torch.inference_mode():
             result = job.evaluate()
@@ -222,6 +277,8 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             best_eval = dict(result, step=step)
         else:
             bad_evals += 1
+        if live is not None:
+            net.load_state_dict(live)
         if bar is not None:
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                     if isinstance(v, float)))
@@ -235,12 +292,15 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     while not stopped:
         batches = job.batches(epoch)
         for index in range(start_batch, len(batches)):
+            unfreeze.at(step)
             loss, items = job.loss(batches[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(net)
             step += 1
             schedule.observe(step, elapsed())
             window_loss += loss.item()

@@ -20,16 +20,17 @@ from textrnn.tokenization import encode_batch
 from training.classify import ClassifierJob
 from training.cli import main as train_main
 from training.seeds import main as seeds_main
-from training.train import TrainConfig, WorkDirBusy, fit
+from training.train import TrainConfig, WorkDirBusy, _param_groups, fit
 
 
-def _job(seed: int = 0) -> ClassifierJob:
+def _job(seed: int = 0, num_layers: int = 1) -> ClassifierJob:
     rng = random.Random(seed)
     ids = [[rng.randint(2, 19) for _ in range(rng.randint(1, 8))] for _ in range(200)]
     labels = [int(any(t < 6 for t in s)) for s in ids]
     torch.manual_seed(seed)
     net = build_net(NetConfig(task="classification", vocab_size=20, cell="lstm", embedding_dim=8,
-                              hidden_size=8, dropout=0.2, num_labels=2))
+                              hidden_size=8, num_layers=num_layers, bidirectional=True,
+                              dropout=0.2, num_labels=2))
     assert isinstance(net, RNNClassifier)
     return ClassifierJob(net, (ids, labels), (ids[:50], labels[:50]), ["no", "yes"], 16, seed,
                          word_dropout=0.1)
@@ -53,8 +54,10 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path) -> None:
-    straight = fit(_job(), _cfg(), tmp_path / "a")
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9, "unfreeze_every": 15, "lr_decay": 2.0}])
+def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path,
+                                                            extra: dict[str, Any]) -> None:
+    straight = fit(_job(), _cfg(**extra), tmp_path / "a")
     job = _job()
     real_loss, calls = job.loss, {"n": 0}
 
@@ -66,9 +69,9 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path) -> N
 
     job.loss = crashing_loss  # type: ignore[method-assign]
     with pytest.raises(_Crash):
-        fit(job, _cfg(), tmp_path / "b")
+        fit(job, _cfg(**extra), tmp_path / "b")
     torch.manual_seed(123)  # the resumed run must not depend on the process's RNG
-    resumed = fit(_job(), _cfg(), tmp_path / "b", resume=True)
+    resumed = fit(_job(), _cfg(**extra), tmp_path / "b", resume=True)
     assert resumed.steps == straight.steps == 40
     for key, value in straight.best_state.items():
         assert torch.equal(value, resumed.best_state[key]), key
@@ -79,6 +82,52 @@ def test_early_stopping_stops_when_the_dev_metric_stalls(tmp_path: Path) -> None
     result = fit(_job(), _cfg(max_steps=400, eval_every=5, patience=2, lr=1e-9,
                               warmup_steps=1), tmp_path)
     assert result.stopped_because.startswith("early stop") and result.steps < 400
+
+
+def _moved(job: ClassifierJob, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in job.net.named_parameters() if not torch.equal(p, before[n])}
+
+
+def test_gradual_unfreezing_trains_the_head_alone_then_one_layer_more_each_period(
+        tmp_path: Path) -> None:
+    job = _job()
+    names = [[n for n, _ in layer] for layer in job.layers()]
+    assert names[0] == ["head.weight", "head.bias"] and names[-1] == ["embedding.weight"]
+    assert sorted(n for layer in names for n in layer) == sorted(
+        n for n, _ in job.net.named_parameters())
+    before = {n: p.detach().clone() for n, p in job.net.named_parameters()}
+    fit(job, _cfg(max_steps=10, unfreeze_every=10), tmp_path / "a")
+    assert _moved(job, before) == set(names[0])  # steps 0-9: the head alone
+    job = _job()
+    fit(job, _cfg(max_steps=15, unfreeze_every=10), tmp_path / "b")
+    assert _moved(job, before) == set(names[0]) | set(names[1])  # the LSTM from step 10
+    job = _job()
+    fit(job, _cfg(max_steps=25, unfreeze_every=10), tmp_path / "c")
+    assert _moved(job, before) == set(before)  # the word vectors from step 20
+
+
+def test_ema_keeps_the_average_without_changing_the_training(tmp_path: Path) -> None:
+    plain, averaged = _job(), _job()
+    kept = fit(plain, _cfg(eval_every=40), tmp_path / "a").best_state
+    kept_average = fit(averaged, _cfg(eval_every=40, ema=0.9), tmp_path / "b").best_state
+    for name, p in plain.net.named_parameters():  # the same steps were taken
+        assert torch.equal(p, dict(averaged.net.named_parameters())[name])
+        assert torch.equal(kept[name], p)  # one evaluation, at the end: the live weights
+        assert not torch.equal(kept_average[name], p)  # ... or their average
+
+
+def test_discriminative_rates_divide_by_the_decay_at_each_layer_down() -> None:
+    job = _job(num_layers=2)
+    net = job.net
+    groups = _param_groups(job.layers(), TrainConfig(lr=0.01, lr_decay=2.0))
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(rate) == len(list(net.parameters()))
+    assert rate[id(net.head.weight)] == rate[id(net.head.bias)] == 0.01
+    assert rate[id(net.rnn.weight_hh_l1_reverse)] == rate[id(net.rnn.bias_ih_l1)] == 0.005
+    assert rate[id(net.rnn.weight_ih_l0)] == rate[id(net.rnn.bias_hh_l0_reverse)] == 0.0025
+    assert rate[id(net.embedding.weight)] == 0.00125
+    decay = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(net.rnn.weight_hh_l0) in decay and id(net.embedding.weight) not in decay
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

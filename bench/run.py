@@ -88,6 +88,42 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def _threads(pid: int) -> dict[int, tuple[int, int, int]]:
+    """Each thread of `pid`: ns on a CPU, ns runnable but waiting for one, voluntary sleeps
+    (waiting for the GIL, a lock or work)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            run_ns, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())
+            status = (task / "status").read_text().splitlines()
+            sleeps = next(int(line.split()[1]) for line in status
+                          if line.startswith("voluntary_ctxt_switches"))
+        except (OSError, ValueError, StopIteration):  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (run_ns, wait_ns, sleeps)
+    return out
+
+
+def _profiled(pid: int, key: str, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `load`, and add where the server's time went meanwhile: the share of the wall time
+    its busiest worker thread (the inference thread, or the generation scheduler) was on a
+    CPU, was runnable but had none, and how often it slept; the event loop's (the main
+    thread's) share on a CPU; and the whole process's CPU time per 1,000 texts or tokens."""
+    before, started = _threads(pid), time.perf_counter()
+    result = load()
+    after, wall = _threads(pid), time.perf_counter() - started
+    zero = (0, 0, 0)
+    used = {tid: tuple(a - b for a, b in zip(now, before.get(tid, zero), strict=True))
+            for tid, now in after.items()}
+    worker = max((d for tid, d in used.items() if tid != pid), key=lambda d: d[0], default=zero)
+    units = float(result[key]) * wall
+    result["profile"] = {
+        "worker_on_cpu": worker[0] / 1e9 / wall, "worker_runnable": worker[1] / 1e9 / wall,
+        "worker_sleeps_per_s": worker[2] / wall, "loop_on_cpu": used.get(pid, zero)[0] / 1e9 / wall,
+        "server_cpu_ms_per_1000": sum(d[0] for d in used.values()) / 1e6 / max(units, 1) * 1000}
+    return result
+
+
 def _best_of(repeats: int, key: str, load: Callable[[], dict[str, Any]],
              limit: Callable[[], float]) -> dict[str, Any]:
     """Run a load level `repeats` times, each followed by its offline limit; the best load
@@ -115,8 +151,8 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
     try:
         for c in args.classify_concurrency:
             r = _best_of(args.repeats, "texts_per_s",
-                         lambda c=c: asyncio.run(classify_load(server.url, texts, c, args.seconds,
-                                                               args.max_requests)),
+                         lambda c=c: _profiled(server.proc.pid, "texts_per_s", lambda: asyncio.run(
+                             classify_load(server.url, texts, c, args.seconds, args.max_requests))),
                          lambda: classify_limit(sentiment, texts, 64, seconds=2.0,
                                                 device=args.device))
             out["classify"][c] = r
@@ -124,7 +160,8 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                   f"(offline {r['offline_texts_per_s']:.0f})", file=sys.stderr)
         for c in args.generate_concurrency:
             r = _best_of(args.repeats, "tokens_per_s",
-                         lambda c=c: asyncio.run(generate_load(server.url, c, args.tokens, rounds)),
+                         lambda c=c: _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
+                             generate_load(server.url, c, args.tokens, rounds))),
                          lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
                                                     rounds=rounds))
             out["generate"][c] = r
@@ -136,25 +173,30 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
     return out
 
 
+def _busy(level: dict[str, Any]) -> str:
+    profile = level.get("profile")
+    return f"{profile['worker_on_cpu']:.0%} / {profile['loop_on_cpu']:.0%}" if profile else ""
+
+
 def _table(result: dict[str, Any]) -> str:
     lim = result["offline"]
     rows = ["| run | concurrency | req/s | texts or tokens/s | offline, beside it | vs offline | "
-            "p50 ms | p90 ms | p99 ms | TTFT p50 ms | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "p50 ms | p90 ms | p99 ms | TTFT p50 ms | worker / loop on CPU | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["servers"]:
         for c, r in run["classify"].items():
             base = r["offline_texts_per_s"]
             rows.append(f"| {run['mode']} classify | {c} | {r['requests_per_s']:.0f} | "
                         f"{r['texts_per_s']:.0f} | {base:.0f} | {r['texts_per_s'] / base:.0%} | "
                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | | "
-                        f"{r['errors'] or ''} |")
+                        f"{_busy(r)} | {r['errors'] or ''} |")
         for c, r in run["generate"].items():
             base = r["offline_tokens_per_s"]
             rows.append(f"| {run['mode']} generate | {c} | {r['requests_per_s']:.1f} | "
                         f"{r['tokens_per_s']:.0f} | {base:.0f} | {r['tokens_per_s'] / base:.0%} | "
                         f"{r['p50_ms']:.0f} | "
                         f"{r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['ttft_p50_ms']:.1f} | "
-                        f"{r['errors'] or ''} |")
+                        f"{_busy(r)} | {r['errors'] or ''} |")
     rows.append("")
     rows.append(f"offline limit at the end of the run: classify {lim['classify_texts_per_s']:.0f} "
                 f"texts/s at batch {lim['classify_batch']}; generate " + ", ".join(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from textrnn.inference import classify_logits, sequence_logprobs
 from textrnn.nets import (
@@ -10,6 +11,7 @@ from textrnn.nets import (
     CharLM,
     NetConfig,
     RNNClassifier,
+    _pack_ids,
     build_net,
     concat_states,
     index_state,
@@ -46,6 +48,23 @@ def test_classifier_answer_does_not_depend_on_padding(cell: str, bidirectional: 
         alone = torch.cat([classify_logits(net, [s]) for s in seqs])
     assert batched.shape == (3, 3)
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_ids_packed_before_the_embedding_match_torchs_packing_of_the_embeddings() -> None:
+    net = _classifier("lstm", True, layers=1)
+    torch.manual_seed(1)
+    lengths = torch.tensor([3, 7, 1, 7, 4, 2, 7, 5])  # ties included
+    ids = torch.randint(1, 30, (8, 7)) * (torch.arange(7)[None, :] < lengths[:, None])
+    tokens, batch_sizes, order, rows = _pack_ids(ids, lengths)
+    theirs = pack_padded_sequence(net.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
+    assert torch.equal(net.embedding(tokens), theirs.data)
+    assert torch.equal(batch_sizes, theirs.batch_sizes) and torch.equal(order, theirs.sorted_indices)
+    assert torch.equal(ids[rows, torch.cat([torch.full((int(n),), t) for t, n in enumerate(batch_sizes)])],
+                       tokens)  # each token's row and step are where it came from
+    # and the max-pooled classifier gives what padding with -inf and taking the max gives
+    out, _ = net.rnn(theirs)
+    padded, _ = pad_packed_sequence(out, batch_first=True, padding_value=float("-inf"))
+    assert torch.equal(net(ids, lengths), net.head(padded.max(1).values))
 
 
 def test_pooling_changes_what_the_head_sees() -> None:

@@ -134,17 +134,16 @@ class RNNClassifier(nn.Module):
         tokens, batch_sizes, order, rows = _pack_ids(ids, lengths)
         emb = self.dropout(self.embedding(tokens))  # N E
         out_packed, state = self.rnn(PackedSequence(emb, batch_sizes, order, order.argsort()))
-        h_n = state[0] if isinstance(state, tuple) else state  # L*D B H
-        directions = 2 if self.config.bidirectional else 1
-        last = h_n[-directions:].transpose(0, 1).reshape(ids.size(0), -1)  # B D*H
         pooling = self.config.pooling
-        if pooling == "last":
-            pooled = last
-        elif pooling == "max":  # over each row's own outputs, straight from the packed data
+        if pooling == "max":  # over each row's own outputs, straight from the packed data
             data = out_packed.data  # N D*H
             pooled = data.new_full((ids.size(0), data.size(1)), float("-inf")).scatter_reduce(
                 0, rows[:, None].expand_as(data), data, "amax")
-        else:
+            return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+        h_n = state[0] if isinstance(state, tuple) else state  # L*D B H
+        directions = 2 if self.config.bidirectional else 1
+        pooled = last = h_n[-directions:].transpose(0, 1).reshape(ids.size(0), -1)  # B D*H
+        if pooling != "last":
             out, _ = pad_packed_sequence(out_packed, batch_first=True)  # B T' D*H, zero-padded
             mean = out.sum(1) / lengths.to(out.device)[:, None]
             pooled = mean

@@ -1,0 +1,38 @@
+"""The benchmark's own accounting (its figures are measured by `make bench`, not asserted)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from bench.run import _profiled
+
+
+def test_the_profile_finds_the_busy_worker_thread_and_the_idle_event_loop() -> None:
+    done = threading.Event()
+
+    def spin() -> None:
+        until = time.perf_counter() + 0.4
+        while time.perf_counter() < until:
+            pass
+        done.wait()  # alive (and asleep) until the profile has been read
+
+    worker = threading.Thread(target=spin)
+
+    def load() -> dict[str, Any]:
+        worker.start()
+        time.sleep(0.5)  # the main thread, the "event loop" here, sleeps meanwhile
+        return {"texts_per_s": 200.0}
+
+    try:
+        result = _profiled(os.getpid(), "texts_per_s", load)
+    finally:
+        done.set()
+        worker.join()
+    profile = result["profile"]
+    assert 0.3 < profile["worker_on_cpu"] <= 1.05  # busy for 0.4 s of ~0.5
+    assert profile["loop_on_cpu"] < 0.2
+    # all of the process's CPU time, per 1,000 of the ~100 texts the load reported
+    assert profile["server_cpu_ms_per_1000"] > 0.3 * 1000 / 200 * 1000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +101,12 @@ def save_artifact(folder: Path, net: RNNClassifier | CharLM, tokenizer: Tokenize
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
              if not (net.config.tie_weights and k == "head.weight")}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    # safetensors writes through a private temporary file, and the weights would keep its
+    # mode 0600: unreadable to a server running as another user. They get the mode the other
+    # files get (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    (folder / WEIGHTS_FILE).chmod(0o666 & ~umask)
     save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

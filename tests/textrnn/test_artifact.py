@@ -41,6 +41,13 @@ def test_round_trip_gives_identical_logits(saved: tuple[Path, RNNClassifier]) ->
         assert torch.equal(classify_logits(net, seqs), classify_logits(art.net, seqs))
 
 
+def test_the_weights_are_as_readable_as_the_other_files(saved: tuple[Path, RNNClassifier]) -> None:
+    folder, _ = saved
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == \
+        (folder / "tokenizer.json").stat().st_mode & 0o777
+    assert (folder / "model.safetensors").stat().st_mode & 0o044  # group and others may read
+
+
 def test_tied_language_model_round_trips(tmp_path: Path) -> None:
     tok = build_char_tokenizer("hello world")
     net = build_net(NetConfig(task="generation", vocab_size=tok.get_vocab_size(), cell="lstm",

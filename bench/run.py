@@ -10,6 +10,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -127,14 +128,18 @@ def _profiled(pid: int, key: str, load: Callable[[], dict[str, Any]]) -> dict[st
 def _best_of(repeats: int, key: str, load: Callable[[], dict[str, Any]],
              limit: Callable[[], float]) -> dict[str, Any]:
     """Run a load level `repeats` times, each followed by its offline limit; the best load
-    run's figures, with the best limit as `offline_<key>` and every run's rate beside them."""
+    run's figures, with the best limit as `offline_<key>` and every run's rate beside them.
+    `paired_ratio` is the median over the repeats of each run's rate over the limit measured
+    right after it: seconds apart, so the machine's drift mostly cancels, where the best of
+    each may come from different moments."""
     runs, limits = [], []
     for _ in range(repeats):
         runs.append(load())
         limits.append(limit())
     best = max(runs, key=lambda x: float(x[key]))
+    paired = statistics.median(float(r[key]) / lim for r, lim in zip(runs, limits, strict=True))
     return best | {f"offline_{key}": max(limits), "offline_runs": limits,
-                   "server_runs": [x[key] for x in runs]}
+                   "server_runs": [x[key] for x in runs], "paired_ratio": paired}
 
 
 def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
@@ -178,23 +183,27 @@ def _busy(level: dict[str, Any]) -> str:
     return f"{profile['worker_on_cpu']:.0%} / {profile['loop_on_cpu']:.0%}" if profile else ""
 
 
+def _paired(level: dict[str, Any]) -> str:
+    return f"{level['paired_ratio']:.0%}" if "paired_ratio" in level else ""
+
+
 def _table(result: dict[str, Any]) -> str:
     lim = result["offline"]
     rows = ["| run | concurrency | req/s | texts or tokens/s | offline, beside it | vs offline | "
-            "p50 ms | p90 ms | p99 ms | TTFT p50 ms | worker / loop on CPU | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "paired | p50 ms | p90 ms | p99 ms | TTFT p50 ms | worker / loop on CPU | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["servers"]:
         for c, r in run["classify"].items():
             base = r["offline_texts_per_s"]
             rows.append(f"| {run['mode']} classify | {c} | {r['requests_per_s']:.0f} | "
                         f"{r['texts_per_s']:.0f} | {base:.0f} | {r['texts_per_s'] / base:.0%} | "
-                        f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | | "
+                        f"{_paired(r)} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | | "
                         f"{_busy(r)} | {r['errors'] or ''} |")
         for c, r in run["generate"].items():
             base = r["offline_tokens_per_s"]
             rows.append(f"| {run['mode']} generate | {c} | {r['requests_per_s']:.1f} | "
                         f"{r['tokens_per_s']:.0f} | {base:.0f} | {r['tokens_per_s'] / base:.0%} | "
-                        f"{r['p50_ms']:.0f} | "
+                        f"{_paired(r)} | {r['p50_ms']:.0f} | "
                         f"{r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['ttft_p50_ms']:.1f} | "
                         f"{_busy(r)} | {r['errors'] or ''} |")
     rows.append("")

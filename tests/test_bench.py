@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from bench.run import _profiled
+from bench.run import _best_of, _profiled
 
 
 def test_the_profile_finds_the_busy_worker_thread_and_the_idle_event_loop() -> None:
@@ -36,3 +36,10 @@ def test_the_profile_finds_the_busy_worker_thread_and_the_idle_event_loop() -> N
     assert profile["loop_on_cpu"] < 0.2
     # all of the process's CPU time, per 1,000 of the ~100 texts the load reported
     assert profile["server_cpu_ms_per_1000"] > 0.3 * 1000 / 200 * 1000
+
+
+def test_the_paired_ratio_divides_each_run_by_the_limit_measured_after_it() -> None:
+    rates, limits = iter([500.0, 900.0, 600.0]), iter([1000.0, 1000.0, 600.0])
+    level = _best_of(3, "texts_per_s", lambda: {"texts_per_s": next(rates)}, lambda: next(limits))
+    assert level["texts_per_s"] == 900.0 and level["offline_texts_per_s"] == 1000.0  # best of each
+    assert level["paired_ratio"] == 0.9  # the median of 0.5, 0.9 and 1.0

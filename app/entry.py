@@ -54,15 +54,17 @@ class ModelEntry:
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     fingerprint: str = ""
 
-    def load(self, device: torch.device) -> None:
-        """Load and warm up the folder (blocking); a failure is recorded, never raised."""
+    def load(self, device: torch.device, weights: str = "float32") -> None:
+        """Load and warm up the folder (blocking); a failure is recorded, never raised.
+        `weights="float16"` stores LSTM and GRU weights as float16 on the CPU, where that
+        applies (`Artifact.weights` says)."""
         self.fingerprint = fingerprint(self.folder)
         try:
-            self.artifact = load_artifact(self.folder, device)
+            self.artifact = load_artifact(self.folder, device, weights)
             _warm_up(self.artifact, device)
             self.status = "ready"
-            log.info("loaded model %s (%s, %d parameters)", self.name, self.artifact.task,
-                     self.artifact.parameters)
+            log.info("loaded model %s (%s, %d parameters, %s weights)", self.name,
+                     self.artifact.task, self.artifact.parameters, self.artifact.weights)
         except ArtifactError as e:
             self.status, self.error = "failed", e.reason
             log.error("model %s failed to load: %s", self.name, e)
@@ -127,7 +129,8 @@ class ModelEntry:
         if self.artifact is not None:
             cfg = self.artifact.config
             out |= {"task": self.artifact.task, "architecture": cfg["architecture"],
-                    "parameters": self.artifact.parameters, "labels": self.artifact.labels,
+                    "parameters": self.artifact.parameters, "weights": self.artifact.weights,
+                    "labels": self.artifact.labels,
                     "metrics": _summary(cfg.get("metrics") or {}),
                     "sha256": cfg.get("weights_sha256"), "created_at": cfg.get("created_at")}
         return out

@@ -42,7 +42,7 @@ class Registry:
         """Load and warm up every folder (blocking); a broken folder is recorded as failed."""
         for folder in self._folders():
             entry = ModelEntry(folder.name, folder)
-            entry.load(self.device)
+            entry.load(self.device, self.settings.weights)
             self.entries[entry.name] = entry
 
     def start(self) -> None:
@@ -65,7 +65,7 @@ class Registry:
                        if name not in current or current[name].fingerprint != fingerprint(f)]
             fresh = {name: ModelEntry(name, folders[name]) for name in changed}
             for entry in fresh.values():
-                await asyncio.to_thread(entry.load, self.device)
+                await asyncio.to_thread(entry.load, self.device, self.settings.weights)
                 entry.start(self.settings, self.device)
             kept = [n for n in folders if n not in fresh]
             self.entries = {name: fresh.get(name) or current[name] for name in sorted(folders)}

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     default_classifier: str | None = Field(None, description="Model for /classify by default.")
     default_generator: str | None = Field(None, description="Model for /generate by default.")
     log_format: Literal["text", "json"] = Field("text", description="text or json.")
+    weights: Literal["float16", "float32"] = Field(
+        "float16",
+        description="How LSTM and GRU weights are stored for inference on the CPU: float16 "
+                    "(fbgemm; the arithmetic and the outputs stay float32) or float32. "
+                    "GPUs and vanilla RNN cells use float32.")
     gil_switch_ms: float = Field(
         0.05, gt=0, le=100,
         description="Python's thread switch interval (ms): how soon an inference thread gets "

@@ -17,9 +17,10 @@ __all__ = ["classify_limit", "generate_limit"]
 
 
 def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: float = 3.0,
-                   device: str = "cpu") -> float:
-    """Texts/s for tokenisation + forward + softmax at `batch_size`, length-sorted batches."""
-    art = load_artifact(folder)
+                   device: str = "cpu", weights: str = "float16") -> float:
+    """Texts/s for tokenisation + forward + softmax at `batch_size`, in the texts' order,
+    with the weights held as the server holds them (`RNN_WEIGHTS`)."""
+    art = load_artifact(folder, weights=weights if device == "cpu" else "float32")
     assert isinstance(art.net, RNNClassifier)
     art.net.to(device)
     done, start = 0, time.perf_counter()
@@ -34,10 +35,10 @@ def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: flo
 
 
 def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = "ROMEO:",
-                   device: str = "cpu", rounds: int = 1) -> float:
+                   device: str = "cpu", rounds: int = 1, weights: str = "float16") -> float:
     """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling),
     `rounds` times over (as many generations as the server's clients run at that level)."""
-    art = load_artifact(folder)
+    art = load_artifact(folder, weights=weights if device == "cpu" else "float32")
     net = art.net.to(device)
     assert isinstance(net, CharLM)
     ids = art.tokenizer.encode(prompt).ids

@@ -159,7 +159,7 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                          lambda c=c: _profiled(server.proc.pid, "texts_per_s", lambda: asyncio.run(
                              classify_load(server.url, texts, c, args.seconds, args.max_requests))),
                          lambda: classify_limit(sentiment, texts, 64, seconds=2.0,
-                                                device=args.device))
+                                                device=args.device, weights=args.weights))
             out["classify"][c] = r
             print(f"  {name} classify c={c}: {r['texts_per_s']:.0f} texts/s "
                   f"(offline {r['offline_texts_per_s']:.0f})", file=sys.stderr)
@@ -168,7 +168,7 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                          lambda c=c: _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
                              generate_load(server.url, c, args.tokens, rounds))),
                          lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
-                                                    rounds=rounds))
+                                                    rounds=rounds, weights=args.weights))
             out["generate"][c] = r
             print(f"  {name} generate c={c}: {r['tokens_per_s']:.0f} tokens/s "
                   f"(offline {r['offline_tokens_per_s']:.0f})", file=sys.stderr)
@@ -230,12 +230,14 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda[:N]: the servers' RNN_DEVICE and the offline limit's device")
+    p.add_argument("--weights", choices=("float16", "float32"), default="float16",
+                   help="the servers' RNN_WEIGHTS, and how the offline limit holds the weights")
     p.add_argument("--texts", type=Path, default=SST2_DEV, help="label<TAB>text file (SST-2 dev)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(1)
     texts = _texts(args.texts)
-    threads = {"RNN_THREADS": "1", "RNN_DEVICE": args.device}
+    threads = {"RNN_THREADS": "1", "RNN_DEVICE": args.device, "RNN_WEIGHTS": args.weights}
     runs = [("batched", threads)]
     if not args.no_baseline:
         runs.append(("unbatched", threads | {"RNN_MAX_BATCH_SIZE": "1",
@@ -243,12 +245,15 @@ def main() -> None:
     servers = [_run_server(name, env, args, texts) for name, env in runs]
     print("  offline limits...", file=sys.stderr)
     sentiment, lm, device = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare", args.device
-    best = max((classify_limit(sentiment, texts, b, device=device), b) for b in (16, 64, 128))
+    best = max((classify_limit(sentiment, texts, b, device=device, weights=args.weights), b)
+               for b in (16, 64, 128))
     offline = {"classify_texts_per_s": best[0], "classify_batch": best[1],
-               "classify_texts_per_s_batch64": classify_limit(sentiment, texts, 64, device=device),
+               "classify_texts_per_s_batch64": classify_limit(sentiment, texts, 64, device=device,
+                                                              weights=args.weights),
                # best of three: one lock-step run is short, and this machine is noisy
                "generate_tokens_per_s": {str(c): max(generate_limit(lm, c, args.tokens,
-                                                                    device=device)
+                                                                    device=device,
+                                                                    weights=args.weights)
                                                      for _ in range(3))
                                          for c in args.generate_concurrency}}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from textrnn.halfweights import HalfWeightRNN, use_half_weights
 from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net, count_parameters
 from textrnn.tokenization import load_tokenizer, save_tokenizer
 
@@ -70,6 +71,11 @@ class Artifact:
     def labels(self) -> list[str]:
         """Label names in logit order (empty for language models)."""
         return list(self.config.get("labels") or [])
+
+    @property
+    def weights(self) -> str:
+        """How the recurrent weights are held for inference: float16 or float32."""
+        return "float16" if isinstance(getattr(self.net, "rnn", None), HalfWeightRNN) else "float32"
 
     @property
     def parameters(self) -> int:
@@ -139,8 +145,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_artifact(folder: Path | str, device: torch.device | str = "cpu") -> Artifact:
-    """Load and check a model folder; any broken promise raises `ArtifactError`."""
+def load_artifact(folder: Path | str, device: torch.device | str = "cpu",
+                  weights: str = "float32") -> Artifact:
+    """Load and check a model folder; any broken promise raises `ArtifactError`.
+
+    `weights="float16"` stores an LSTM's or GRU's recurrent weights as float16 for inference
+    on the CPU (`textrnn.halfweights`); where that does not apply they stay float32, and
+    `Artifact.weights` says which."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(folder, "not a directory")
@@ -183,4 +194,8 @@ def load_artifact(folder: Path | str, device: torch.device | str = "cpu") -> Art
     except RuntimeError as e:
         raise ArtifactError(folder, f"weights do not fit the architecture: {e}") from e
     net.to(device).eval()
+    if weights == "float16":
+        use_half_weights(net)
+    elif weights != "float32":
+        raise ValueError(f"weights must be float16 or float32, not {weights!r}")
     return Artifact(folder.name, folder, config, net_config, net, tokenizer)

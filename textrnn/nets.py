@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from textrnn.halfweights import HalfWeightRNN
+
 __all__ = [
     "CELLS",
     "POOLINGS",
@@ -195,15 +197,23 @@ class CharLM(nn.Module):
         x = self.embedding(ids)  # B E
         rnn, hs, cs = self.rnn, [], []
         for layer in range(self.config.num_layers):
-            weights = [getattr(rnn, f"{name}_l{layer}") for name in
-                       ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            if isinstance(state, tuple):
-                x, c = torch.lstm_cell(x, (state[0][layer], state[1][layer]), *weights)
-                cs.append(c)
-            elif self.config.cell == "gru":
-                x = torch.gru_cell(x, state[layer], *weights)
+            hx = (state[0][layer], state[1][layer]) if isinstance(state, tuple) else state[layer]
+            if isinstance(rnn, HalfWeightRNN):
+                out = rnn.cell(layer, x, hx)
             else:
-                x = torch.rnn_tanh_cell(x, state[layer], *weights)
+                weights = [getattr(rnn, f"{name}_l{layer}") for name in
+                           ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                if isinstance(hx, tuple):
+                    out = torch.lstm_cell(x, hx, *weights)
+                elif self.config.cell == "gru":
+                    out = torch.gru_cell(x, hx, *weights)
+                else:
+                    out = torch.rnn_tanh_cell(x, hx, *weights)
+            if isinstance(out, tuple):
+                x, c = out
+                cs.append(c)
+            else:
+                x = out
             hs.append(x)  # B H
         h = torch.stack(hs)  # L B H
         return self.head(x), ((h, torch.stack(cs)) if cs else h)

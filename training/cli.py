@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text-column", default="text")
     e.add_argument("--label-column", default="label")
     e.add_argument("--streams", type=int, default=1, help="LM: parallel streams (1 = exact)")
+    e.add_argument("--weights", choices=("float32", "float16"), default="float32",
+                   help="hold LSTM/GRU weights as the server's RNN_WEIGHTS does (float16 on the "
+                        "CPU: the service's default); the recorded figures are float32's")
     e.add_argument("--json", action="store_true", help="print the report as JSON only")
     return parser
 
@@ -310,7 +313,7 @@ def _lm(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    artifact = load_artifact(args.model)
+    artifact = load_artifact(args.model, weights=args.weights)
     report: dict[str, Any]
     with torch.inference_mode():
         if isinstance(artifact.net, RNNClassifier):
@@ -328,6 +331,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                streams=args.streams)
             report = {"loss": loss, "bits_per_char": loss / math.log(2),
                       "perplexity": math.exp(loss), "characters": len(text)}
+    report["weights"] = artifact.weights
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.generation import GenerationJob, TokenEvent
+from app.main import create_app
 from app.routes.generate import _event
 from app.schemas import StreamResponse
+from app.settings import Settings
+from textrnn.artifact import load_artifact
+from textrnn.inference import classify_logits
+from textrnn.tokenization import encode_batch
 
 
 def test_health_and_models_list_the_broken_folder(client: TestClient) -> None:
@@ -22,10 +29,26 @@ def test_health_and_models_list_the_broken_folder(client: TestClient) -> None:
     assert models["sentiment"]["labels"] == ["negative", "positive"]
     assert models["sentiment"]["metrics"]["dev"]["accuracy"] > 0.9
     assert models["shakespeare"]["task"] == "generation" and models["shakespeare"]["parameters"] > 0
+    assert models["sentiment"]["weights"] == models["shakespeare"]["weights"] == "float16"
     assert client.get("/models/sentiment").json()["sha256"] == models["sentiment"]["sha256"]
     r = client.get("/models/nope")
     assert r.status_code == 404
     assert r.json()["detail"] == "model 'nope' not found; available: broken, sentiment, shakespeare"
+
+
+def test_weights_setting_chooses_how_the_models_are_held(models_dir: Path) -> None:
+    text = "a great and moving film"
+    art = load_artifact(models_dir / "sentiment")
+    with torch.inference_mode():
+        probs = torch.softmax(classify_logits(art.net, encode_batch(art.tokenizer, [text])), -1)[0]
+    expected = dict(zip(art.labels, probs.tolist(), strict=True))
+    for weights in ("float32", "float16"):
+        with TestClient(create_app(Settings(models_dir=models_dir, weights=weights))) as c:
+            assert c.get("/models/sentiment").json()["weights"] == weights
+            assert c.get("/models/shakespeare").json()["weights"] == weights
+            got = {x["label"]: x["score"] for x in c.post("/classify", json={"inputs": text}).json()[0]}
+        for label, score in expected.items():
+            assert got[label] == (score if weights == "float32" else pytest.approx(score, abs=1e-3))
 
 
 def test_classify_answers_each_input_in_order_with_sorted_labels(client: TestClient) -> None:

@@ -1,11 +1,12 @@
 """Half-precision weights for CPU inference: `HalfWeightRNN` and `use_half_weights`.
 
-A recurrent step on the CPU mostly reads weights: at batch 1 every step streams the whole
-of W_hh (10 MB for the shipped 2x512 GRU), and at any batch the per-step cost that does not
-shrink with the batch is that read. fbgemm can keep a matrix as float16 and multiply float32
-inputs by it, widening as it goes, which halves those bytes while the arithmetic, the state
-and the outputs stay float32. Unlike int8 dynamic quantisation it takes no scale from the
-batch, so a row's result does not depend on the rows it was batched with.
+A recurrent step on the CPU mostly reads weights: at batch 1 every generation step streams
+all of the GRU's matrices (10 MB for the shipped 2x512 GRU), and at any batch the per-step
+cost that does not shrink with the batch is that read. fbgemm can keep a matrix as float16
+and multiply float32 inputs by it, widening as it goes, which halves those bytes while the
+arithmetic, the state and the outputs stay float32. Unlike int8 dynamic quantisation it
+takes no scale from the batch, so a row's result does not depend on the rows it was batched
+with.
 
 Measured on this project's 2-core CPU (one thread): the shipped GRU's step went from 1.08 to
 0.51 ms at batch 1, 3.2 to 1.6 ms at batch 16, 7.0 to 5.0 ms at batch 64; the classifier's

@@ -131,7 +131,32 @@ def use_half_weights(net: nn.Module) -> bool:
         return False
     try:
         half = HalfWeightRNN(rnn)
-    except (RuntimeError, AttributeError):  # no fbgemm (e.g. some ARM builds) or no ops
+        agrees = _agrees(half, rnn)
+    except (RuntimeError, AttributeError, NotImplementedError):  # no fbgemm, or no such op
+        return False
+    if not agrees:
         return False
     net.rnn = half
     return True
+
+
+def _agrees(half: HalfWeightRNN, rnn: nn.LSTM | nn.GRU) -> bool:
+    """Whether the float16 module answers a short sequence, and a first-layer step, as the
+    float32 one does (to float16's precision): a platform whose kernels are missing or broken
+    keeps float32, rather than failing a model at its first request."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, rnn.input_size, generator=generator)  # B T E
+    h = torch.randn(2, rnn.hidden_size, generator=generator)
+    first = x[:, 0]
+    if not rnn.batch_first:
+        x = x.transpose(0, 1)
+    weights = [getattr(rnn, f"{name}_l0") for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                        "bias_hh")]
+    with torch.inference_mode():
+        pairs = [(half(x)[0], rnn(x)[0])]
+        if half.lstm:
+            pairs += zip(half.cell(0, first, (h, h)), torch.lstm_cell(first, (h, h), *weights),
+                         strict=True)
+        else:
+            pairs.append((half.cell(0, first, h), torch.gru_cell(first, h, *weights)))
+    return all(torch.allclose(a, b, atol=1e-2) for a, b in pairs)

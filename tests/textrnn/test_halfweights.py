@@ -102,6 +102,20 @@ def test_missing_kernels_leave_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(net.rnn, torch.nn.LSTM)
 
 
+def test_kernels_that_answer_wrongly_leave_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = HalfWeightRNN.cell
+
+    def off_by_a_little(self: HalfWeightRNN, layer: int, x: torch.Tensor, hx: object) -> object:
+        out = real(self, layer, x, hx)  # type: ignore[arg-type]
+        return tuple(o + 0.05 for o in out) if isinstance(out, tuple) else out + 0.05
+
+    monkeypatch.setattr(HalfWeightRNN, "cell", off_by_a_little)
+    for cell in ("lstm", "gru"):
+        net = _net("generation", cell)
+        assert not use_half_weights(net)
+        assert not isinstance(net.rnn, HalfWeightRNN)
+
+
 def test_load_artifact_reports_the_weights_it_holds(models_dir: Path) -> None:
     for name in ("sentiment", "shakespeare"):
         full = load_artifact(models_dir / name)

@@ -178,6 +178,34 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
     return out
 
 
+def _alternating_latency(envs: dict[str, dict[str, str]], texts: list[str], turns: int,
+                         seconds: float) -> dict[str, Any]:
+    """Classify latency at concurrency 1 of several servers, all started and measured in
+    turns (A, B, A, B, ...), so that the machine's drift falls on each alike."""
+    servers = {name: Server(env) for name, env in envs.items()}
+    p50s: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for _ in range(turns):
+            for name, server in servers.items():
+                level = asyncio.run(classify_load(server.url, texts, 1, seconds, 10**9))
+                p50s[name].append(level["p50_ms"])
+    finally:
+        for server in servers.values():
+            server.stop()
+    return _latency_summary(p50s) | {"seconds_per_turn": seconds}
+
+
+def _latency_summary(p50s: dict[str, list[float]]) -> dict[str, Any]:
+    """Each server's p50 per turn and their median, and the median over the turns of the
+    first server's p50 minus each other's in the same turn."""
+    first = next(iter(p50s.values()))
+    return {"turns": len(first), "p50_ms": p50s,
+            "median_p50_ms": {name: statistics.median(v) for name, v in p50s.items()},
+            "median_difference_ms": {name: statistics.median(a - b for a, b in zip(first, v,
+                                                                                   strict=True))
+                                     for name, v in list(p50s.items())[1:]}}
+
+
 def _busy(level: dict[str, Any]) -> str:
     profile = level.get("profile")
     return f"{profile['worker_on_cpu']:.0%} / {profile['loop_on_cpu']:.0%}" if profile else ""
@@ -210,6 +238,14 @@ def _table(result: dict[str, Any]) -> str:
     rows.append(f"offline limit at the end of the run: classify {lim['classify_texts_per_s']:.0f} "
                 f"texts/s at batch {lim['classify_batch']}; generate " + ", ".join(
                     f"{v:.0f} tokens/s at {k} streams" for k, v in lim["generate_tokens_per_s"].items()))
+    latency = result.get("latency_c1")
+    if latency:
+        (name, diff), = latency["median_difference_ms"].items()
+        medians = ", ".join(f"{k} {v:.2f} ms" for k, v in latency["median_p50_ms"].items())
+        first = next(iter(latency["median_p50_ms"]))
+        rows.append(f"classify at concurrency 1, both servers up and measured in turns "
+                    f"({latency['turns']} turns of {latency['seconds_per_turn']:g} s each): "
+                    f"median p50 {medians}; {first} minus {name}, median per turn: {diff:+.2f} ms")
     for run in result["servers"]:
         rows.append(f"{run['mode']}: start-up to ready {run['startup_s']:.2f} s, resident memory "
                     f"{run['idle_rss_mb']:.0f} MB idle, {run['peak_rss_mb']:.0f} MB peak under load")
@@ -243,6 +279,10 @@ def main() -> None:
         runs.append(("unbatched", threads | {"RNN_MAX_BATCH_SIZE": "1",
                                              "RNN_MAX_ACTIVE_SEQUENCES": "1"}))
     servers = [_run_server(name, env, args, texts) for name, env in runs]
+    latency = None
+    if len(runs) > 1 and 1 in args.classify_concurrency:
+        print("  concurrency 1 latency, servers in turns...", file=sys.stderr)
+        latency = _alternating_latency(dict(runs), texts, 2 * args.repeats, 2.0)
     print("  offline limits...", file=sys.stderr)
     sentiment, lm, device = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare", args.device
     best = max((classify_limit(sentiment, texts, b, device=device, weights=args.weights), b)
@@ -265,7 +305,7 @@ def main() -> None:
                           else torch.cuda.get_device_name(torch.device(args.device)),
                           "python": platform.python_version()},
               "settings": vars(args) | {"out": str(args.out), "texts": str(args.texts)}, "offline": offline,
-              "servers": servers}
+              "servers": servers, "latency_c1": latency}
     table = _table(result)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

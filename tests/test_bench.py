@@ -7,7 +7,9 @@ import threading
 import time
 from typing import Any
 
-from bench.run import _best_of, _profiled
+import pytest
+
+from bench.run import _best_of, _latency_summary, _profiled, _table
 
 
 def test_the_profile_finds_the_busy_worker_thread_and_the_idle_event_loop() -> None:
@@ -43,3 +45,16 @@ def test_the_paired_ratio_divides_each_run_by_the_limit_measured_after_it() -> N
     level = _best_of(3, "texts_per_s", lambda: {"texts_per_s": next(rates)}, lambda: next(limits))
     assert level["texts_per_s"] == 900.0 and level["offline_texts_per_s"] == 1000.0  # best of each
     assert level["paired_ratio"] == 0.9  # the median of 0.5, 0.9 and 1.0
+
+
+def test_the_latency_turns_compare_each_turn_with_its_own_baseline() -> None:
+    # the machine slows down in turn 2; per-turn differences are unmoved by it
+    summary = _latency_summary({"batched": [4.0, 9.0, 4.2], "unbatched": [4.5, 9.9, 4.4]})
+    assert summary["median_p50_ms"] == {"batched": 4.2, "unbatched": 4.5}
+    # batched minus unbatched: -0.5, -0.9, -0.2
+    assert summary["median_difference_ms"]["unbatched"] == pytest.approx(-0.5)
+    result = {"offline": {"classify_texts_per_s": 1000.0, "classify_batch": 64,
+                          "generate_tokens_per_s": {}},
+              "servers": [], "latency_c1": summary | {"seconds_per_turn": 2.0}}
+    assert ("median p50 batched 4.20 ms, unbatched 4.50 ms; batched minus unbatched, "
+            "median per turn: -0.50 ms") in _table(result)

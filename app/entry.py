@@ -18,6 +18,7 @@ import torch
 
 from app.batching import BatchEngine
 from app.generation import GenerationScheduler
+from app.genworker import ProcessScheduler
 from app.metrics import MODEL_READY
 from app.settings import Settings
 from textrnn.artifact import Artifact, ArtifactError, load_artifact
@@ -50,7 +51,7 @@ class ModelEntry:
     artifact: Artifact | None = None
     classify: BatchEngine[str, list[float]] | None = None
     score: BatchEngine[str, dict[str, Any]] | None = None
-    generator: GenerationScheduler | None = None
+    generator: GenerationScheduler | ProcessScheduler | None = None
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     fingerprint: str = ""
 
@@ -88,8 +89,9 @@ class ModelEntry:
                                      s.max_batch_size, s.max_queue, s.max_wait_ms,
                                      s.request_timeout_s)
             self.score.start()
-            self.generator = GenerationScheduler(self.artifact, device, s.max_active_sequences,
-                                                 s.max_queue, s.request_timeout_s)
+            kind = ProcessScheduler if s.generation_worker == "process" else GenerationScheduler
+            self.generator = kind(self.artifact, device, s.max_active_sequences, s.max_queue,
+                                  s.request_timeout_s)
             self.generator.start()
 
     @property

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +67,7 @@ class GenerationJob:
     cancelled: bool = False
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
+    on_cancel: Callable[[], None] | None = None  # set by a scheduler that must be told
     # Written by the scheduler thread only:
     admitted: bool = False
     generated: int = 0
@@ -75,6 +77,8 @@ class GenerationJob:
     def cancel(self) -> None:
         """Ask the scheduler to drop this sequence at its next step."""
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def _emit(self, event: TokenEvent | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         description="How LSTM and GRU weights are stored for inference on the CPU: float16 "
                     "(fbgemm; the arithmetic and the outputs stay float32) or float32. "
                     "GPUs and vanilla RNN cells use float32.")
+    generation_worker: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where each language model's generation loop runs: a thread of the server, "
+                    "or a child process forked from it at start (no GIL shared with the event "
+                    "loop; one torch thread).")
     gil_switch_ms: float = Field(
         0.05, gt=0, le=100,
         description="Python's thread switch interval (ms): how soon an inference thread gets "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -51,6 +52,22 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _pss_mb(pid: int) -> float:
+    """Proportional set size of the server and its child processes (generation workers):
+    pages they share, the model's weights among them, counted once between them."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+    return total
+
+
 class Server:
     """The real server in a subprocess, with its start-up time and memory."""
 
@@ -75,12 +92,15 @@ class Server:
         self.startup_s = time.perf_counter() - started
         self.idle_rss_mb = _rss_mb(self.proc.pid)
         self.peak_rss_mb = self.idle_rss_mb
+        self.idle_pss_mb = _pss_mb(self.proc.pid)
+        self.peak_pss_mb = self.idle_pss_mb
         self._sampling = True
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
         while self._sampling and self.proc.poll() is None:
             self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(self.proc.pid))
+            self.peak_pss_mb = max(self.peak_pss_mb, _pss_mb(self.proc.pid))
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -146,7 +166,8 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                 texts: list[str]) -> dict[str, Any]:
     server = Server(env)
     out: dict[str, Any] = {"mode": name, "env": env, "startup_s": server.startup_s,
-                           "idle_rss_mb": server.idle_rss_mb, "classify": {}, "generate": {}}
+                           "idle_rss_mb": server.idle_rss_mb, "idle_pss_mb": server.idle_pss_mb,
+                           "classify": {}, "generate": {}}
     sentiment, lm = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare"
     rounds = max(1, args.rounds)  # generations per stream client
     # This shared machine's speed drifts by up to 2x within minutes, and interference only
@@ -174,6 +195,7 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                   f"(offline {r['offline_tokens_per_s']:.0f})", file=sys.stderr)
     finally:
         out["peak_rss_mb"] = server.peak_rss_mb
+        out["peak_pss_mb"] = server.peak_pss_mb
         server.stop()
     return out
 
@@ -248,7 +270,9 @@ def _table(result: dict[str, Any]) -> str:
                     f"median p50 {medians}; {first} minus {name}, median per turn: {diff:+.2f} ms")
     for run in result["servers"]:
         rows.append(f"{run['mode']}: start-up to ready {run['startup_s']:.2f} s, resident memory "
-                    f"{run['idle_rss_mb']:.0f} MB idle, {run['peak_rss_mb']:.0f} MB peak under load")
+                    f"{run['idle_rss_mb']:.0f} MB idle, {run['peak_rss_mb']:.0f} MB peak under load"
+                    + (f"; proportional (PSS) with its worker processes {run['idle_pss_mb']:.0f} MB "
+                       f"idle, {run['peak_pss_mb']:.0f} MB peak" if "idle_pss_mb" in run else ""))
     return "\n".join(rows)
 
 
@@ -268,12 +292,15 @@ def main() -> None:
                    help="cpu or cuda[:N]: the servers' RNN_DEVICE and the offline limit's device")
     p.add_argument("--weights", choices=("float16", "float32"), default="float16",
                    help="the servers' RNN_WEIGHTS, and how the offline limit holds the weights")
+    p.add_argument("--generation-worker", choices=("thread", "process"), default="thread",
+                   help="the servers' RNN_GENERATION_WORKER")
     p.add_argument("--texts", type=Path, default=SST2_DEV, help="label<TAB>text file (SST-2 dev)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(1)
     texts = _texts(args.texts)
-    threads = {"RNN_THREADS": "1", "RNN_DEVICE": args.device, "RNN_WEIGHTS": args.weights}
+    threads = {"RNN_THREADS": "1", "RNN_DEVICE": args.device, "RNN_WEIGHTS": args.weights,
+               "RNN_GENERATION_WORKER": args.generation_worker}
     runs = [("batched", threads)]
     if not args.no_baseline:
         runs.append(("unbatched", threads | {"RNN_MAX_BATCH_SIZE": "1",

@@ -25,6 +25,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -58,7 +59,10 @@ class ProcessScheduler:
         self.pid = 0
         self.jobs: dict[int, GenerationJob] = {}
         self._ids = itertools.count()
-        self._conn: Connection | None = None
+        self._conn: Connection | None = None  # the child's messages (read when readable)
+        self._down: socket.socket | None = None  # to the child: non-blocking, buffered in _out
+        self._out = bytearray()
+        self._writing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._active = 0  # sequences in the child's batch, as of its last step
@@ -82,19 +86,27 @@ class ProcessScheduler:
         assert self._loop is not None
         scheduler = GenerationScheduler(self.artifact, self.device, self.max_active,
                                         self.max_queue, self.timeout_s)
-        ours, theirs = socket.socketpair()
+        # Two socket pairs: the server never blocks writing to a busy child (its end of `down`
+        # is non-blocking and buffered), while the child may block writing `up` to a busy
+        # server, which is the back-pressure a step's tokens should have.
+        down, down_child = socket.socketpair()
+        up, up_child = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the child: serve, and never return into the server's code
             code = 1
             try:
-                ours.close()
-                _child(scheduler, theirs)
+                down.close()
+                up.close()
+                _child(scheduler, down_child, up_child)
                 code = 0
             finally:
                 os._exit(code)
-        theirs.close()
+        down_child.close()
+        up_child.close()
         self.pid = pid
-        self._conn = Connection(ours.detach())
+        down.setblocking(False)
+        self._down, self._out, self._writing = down, bytearray(), False
+        self._conn = Connection(up.detach())
         self._loop.add_reader(self._conn.fileno(), self._readable)
         log.info("generation worker for model %s started (pid %d)", self.name, pid)
 
@@ -103,7 +115,7 @@ class ProcessScheduler:
         if self.waiting >= self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.max_queue} generations waiting; "
                              "retry later")
-        if self._conn is None:
+        if self._down is None:
             raise Overloaded(f"model '{self.name}' is not generating; retry later")
         job.deadline = job.enqueued + self.timeout_s
         jid = next(self._ids)
@@ -117,10 +129,32 @@ class ProcessScheduler:
             self._send(("cancel", jid, None))
 
     def _send(self, message: tuple[str, int, Any]) -> None:
-        if self._conn is None:
+        """Queue a message for the child (on the event loop), framed as `Connection` frames."""
+        if self._down is None:
             return
-        with contextlib.suppress(OSError):  # the child is gone: its reader callback respawns it
-            self._conn.send(message)
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._out += struct.pack("!i", len(data)) + data
+        self._flush()
+
+    def _flush(self) -> None:
+        down, loop = self._down, self._loop
+        if down is None or loop is None:
+            return
+        while self._out:
+            try:
+                sent = down.send(self._out)
+            except BlockingIOError:
+                break
+            except OSError:  # the child is gone: the reader callback respawns it
+                self._out.clear()
+                break
+            del self._out[:sent]
+        if bool(self._out) != self._writing:
+            self._writing = bool(self._out)
+            if self._writing:
+                loop.add_writer(down.fileno(), self._flush)
+            else:
+                loop.remove_writer(down.fileno())
 
     def _readable(self) -> None:
         """Messages from the child (on the event loop)."""
@@ -168,11 +202,16 @@ class ProcessScheduler:
         self._spawn()
 
     def _close(self) -> None:
-        if self._conn is not None and self._loop is not None:
-            self._loop.remove_reader(self._conn.fileno())
-            self._conn.close()
-            self._conn = None
-        self._active = 0
+        if self._loop is not None:
+            if self._conn is not None:
+                self._loop.remove_reader(self._conn.fileno())
+                self._conn.close()
+            if self._down is not None:
+                if self._writing:
+                    self._loop.remove_writer(self._down.fileno())
+                self._down.close()
+        self._conn = self._down = None
+        self._out, self._writing, self._active = bytearray(), False, 0
 
     def _fail_all(self, error: BaseException) -> None:
         jobs, self.jobs = self.jobs, {}
@@ -184,7 +223,7 @@ class ProcessScheduler:
         self._stopping = True
         if self._loop is None:
             return
-        self._send(("stop", 0, None))
+        self._tell_stop()
         log.info("generation worker for model %s stopped (%s)", self.name,
                  _reap(self.pid, wait_s=10.0))
         self._on_loop(lambda: self._drop_worker(
@@ -194,11 +233,18 @@ class ProcessScheduler:
         """Replace the child with one forked now (from any thread), which sees the model as
         it is now; unfinished jobs get an error."""
         self._stopping = True  # the old child's exit is not news to `_lost`
-        self._send(("stop", 0, None))
+        self._tell_stop()
         _reap(self.pid, wait_s=10.0)
         self._on_loop(lambda: self._drop_worker(
             Overloaded(f"model '{self.name}' restarted its generation worker; retry"),
             spawn=True))
+
+    def _tell_stop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._on_loop(lambda: self._send(("stop", 0, None)))
+        else:  # no loop to send from: the child dies of SIGTERM's default action
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
 
     def _drop_worker(self, error: BaseException, spawn: bool) -> None:
         self._close()
@@ -275,12 +321,14 @@ def _picklable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def _child(scheduler: GenerationScheduler, sock: socket.socket) -> None:
+def _child(scheduler: GenerationScheduler, down: socket.socket, up: socket.socket) -> None:
     """The child's loop: take jobs and cancellations, run the scheduler's turns."""
     gc.freeze()  # the server's objects stay untouched here: never collected, never finalised
-    keep = sock.fileno()
-    os.closerange(3, keep)  # the server's sockets: a client's connection must close with it
-    os.closerange(keep + 1, 1 << 16)
+    keep = sorted((down.fileno(), up.fileno()))
+    # The server's sockets: a client's connection must close when the server closes it.
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, 1 << 16)
     with contextlib.suppress(ValueError):  # the server's signal wake-up pipe is not ours
         signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
@@ -288,9 +336,9 @@ def _child(scheduler: GenerationScheduler, sock: socket.socket) -> None:
     # One torch thread: an OpenMP pool the server started before the fork would not survive
     # it (GNU OpenMP is not fork-safe), and one thread per process is this service's setting.
     torch.set_num_threads(1)
-    conn = Connection(sock.detach())
+    conn, out = Connection(down.detach()), Connection(up.detach())
     jobs: dict[int, GenerationJob] = {}
-    outbox = _Outbox(conn, scheduler, jobs)
+    outbox = _Outbox(out, scheduler, jobs)
     with torch.inference_mode():
         while True:
             idle = not scheduler._batch.jobs and scheduler._inbox.empty()

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,40 @@ def test_a_client_that_leaves_is_dropped_and_a_dead_worker_is_replaced(
     assert generator.pid != old and not _alive(old)
     r = httpx.post(f"{url}/generate", json=_body(2, 30), timeout=30)
     assert r.status_code == 200 and len(r.json()["generated_text"]) == 30
+
+
+def test_a_burst_of_long_prompts_is_buffered_not_blocking_the_event_loop(
+        worker_server: tuple[str, ProcessScheduler]) -> None:
+    """The child reads its messages between steps. While it is inside a long step, more than
+    the socket's buffer of prompts waits in the server's own buffer, and the event loop goes
+    on answering; a blocking write would have stalled it until the step ended."""
+    url, generator = worker_server
+    prompt = ("ROMEO:\nBut soft, what light through yonder window breaks? " * 70)[:4000]
+    results: list[int] = []
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            replies = await asyncio.gather(*(http.post("/generate", json={
+                "inputs": prompt, "parameters": {"max_new_tokens": 1, "seed": s}})
+                for s in range(80)))
+            results.extend(r.status_code for r in replies)
+
+    with slowed_steps(generator, 1.0):
+        generator.restart()
+        try:
+            with httpx.stream("POST", f"{url}/generate_stream", timeout=60, json={
+                    "inputs": "ROMEO:", "parameters": {"max_new_tokens": 4}}) as r:
+                lines = r.iter_lines()
+                next(line for line in lines if line.startswith("data:"))  # now in slow steps
+                sender = threading.Thread(target=asyncio.run, args=(burst(),))
+                sender.start()
+                deadline = time.monotonic() + 5
+                while not generator._writing and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                assert generator._writing, "the prompts fitted the socket: make them longer"
+                assert httpx.get(f"{url}/health/live", timeout=0.9).status_code == 200
+                list(lines)
+                sender.join(timeout=60)
+        finally:
+            generator.restart()
+    assert results == [200] * 80

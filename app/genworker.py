@@ -183,7 +183,8 @@ class ProcessScheduler:
             job = self.jobs.get(jid)
             if job is None:  # cancelled meanwhile
                 continue
-            if event.index == 0:
+            if event.index == 0:  # prefilled: admitted in the same turn
+                job.admitted = True
                 TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - job.enqueued)
             job.events.put_nowait(event)
             if event.finish_reason is not None:

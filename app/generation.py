@@ -179,15 +179,20 @@ class GenerationScheduler:
     def _run(self) -> None:
         with torch.inference_mode():
             while not self._stopping:
-                try:
-                    self._turn()
-                except Exception as exc:  # fail the running batch, keep serving
-                    log.exception("generation step failed on model %s", self.name)
-                    for job in self._batch.jobs:
-                        job._emit(exc)
-                    self._batch = _Batch()
+                self.turn()
         for job in self._batch.jobs:
             job._emit(Overloaded(f"model '{self.name}' is shutting down"))
+
+    def turn(self) -> None:
+        """One turn of the loop: admit and prefill, then one step. An exception fails the
+        running batch's requests, not the loop (this thread's, or a worker process's)."""
+        try:
+            self._turn()
+        except Exception as exc:
+            log.exception("generation step failed on model %s", self.name)
+            for job in self._batch.jobs:
+                job._emit(exc)
+            self._batch = _Batch()
 
     def _admit(self) -> list[GenerationJob]:
         jobs: list[GenerationJob] = []

@@ -27,13 +27,14 @@ import signal
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
 from app.errors import Overloaded
-from app.generation import GenerationJob, GenerationScheduler, TokenEvent, _Batch, _deliver
+from app.generation import GenerationJob, GenerationScheduler, TokenEvent, _deliver
 from app.metrics import ACTIVE_SEQUENCES, BATCH_SIZE, GENERATED_TOKENS, QUEUE_DEPTH, TIME_TO_FIRST_TOKEN
 from textrnn.artifact import Artifact
 
@@ -289,29 +290,38 @@ def _reap(pid: int, wait_s: float) -> str:
         time.sleep(0.01)
 
 
+@dataclass
+class _ChildJob(GenerationJob):
+    """A job in the child: `jid` names it to the server, and its errors go there."""
+
+    jid: int = -1
+
+    def _emit(self, event: TokenEvent | BaseException) -> None:
+        # Only errors come this way; a step's tokens go out together (`_Outbox`).
+        assert isinstance(event, BaseException) and isinstance(self.loop, _Outbox)
+        self.loop.send_error(self.jid, event)
+
+
 class _Outbox:
     """Stands in for the event loop in the child: what the scheduler hands the loop goes
-    to the parent instead (see `GenerationJob._emit` and `GenerationScheduler._emit_tokens`)."""
+    to the server instead (see `GenerationScheduler._emit_tokens` and `_ChildJob._emit`)."""
 
     def __init__(self, conn: Connection, scheduler: GenerationScheduler,
-                 jobs: dict[int, GenerationJob]) -> None:
+                 jobs: dict[int, _ChildJob]) -> None:
         self.conn, self.scheduler, self.jobs = conn, scheduler, jobs
 
-    def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
-        active = len(self.scheduler._batch.jobs)
-        if fn is _deliver:  # one step's tokens: [(job, event), ...]
-            out: list[tuple[GenerationJob, TokenEvent]] = args[0]
-            events = [(job.jid, event) for job, event in out]  # type: ignore[attr-defined]
-            for jid, event in events:
-                if event.finish_reason is not None:
-                    self.jobs.pop(jid, None)
-            self.conn.send(("events", events, active))
-        else:  # job.events.put_nowait(error): the job is the queue's owner
-            queue, error = getattr(fn, "__self__", None), args[0]
-            for jid, job in list(self.jobs.items()):
-                if job.events is queue:
-                    del self.jobs[jid]
-                    self.conn.send(("error", (jid, _picklable(error)), active))
+    def call_soon_threadsafe(self, fn: Any, out: list[tuple[_ChildJob, TokenEvent]]) -> None:
+        """`fn` is `_deliver`, `out` one step's tokens."""
+        assert fn is _deliver
+        events = [(job.jid, event) for job, event in out]
+        for jid, event in events:
+            if event.finish_reason is not None:
+                self.jobs.pop(jid, None)
+        self.conn.send(("events", events, len(self.scheduler._batch.jobs)))
+
+    def send_error(self, jid: int, error: BaseException) -> None:
+        if self.jobs.pop(jid, None) is not None:
+            self.conn.send(("error", (jid, _picklable(error)), len(self.scheduler._batch.jobs)))
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -338,7 +348,7 @@ def _child(scheduler: GenerationScheduler, down: socket.socket, up: socket.socke
     # it (GNU OpenMP is not fork-safe), and one thread per process is this service's setting.
     torch.set_num_threads(1)
     conn, out = Connection(down.detach()), Connection(up.detach())
-    jobs: dict[int, GenerationJob] = {}
+    jobs: dict[int, _ChildJob] = {}
     outbox = _Outbox(out, scheduler, jobs)
     with torch.inference_mode():
         while True:
@@ -355,15 +365,8 @@ def _child(scheduler: GenerationScheduler, down: socket.socket, up: socket.socke
                     if job is not None:
                         job.cancelled = True
                     continue
-                job = GenerationJob(loop=outbox, **fields)  # type: ignore[arg-type]
-                job.jid = jid  # type: ignore[attr-defined]
+                job = _ChildJob(loop=outbox, jid=jid, **fields)  # type: ignore[arg-type]
                 jobs[jid] = job
                 scheduler._inbox.put(job)
                 idle = False
-            try:
-                scheduler._turn()
-            except Exception as exc:  # fail the running batch, keep serving
-                log.exception("generation step failed on model %s", scheduler.name)
-                for job in scheduler._batch.jobs:
-                    job._emit(exc)
-                scheduler._batch = _Batch()
+            scheduler.turn()

@@ -20,9 +20,8 @@ def classify_limit(folder: Path, texts: list[str], batch_size: int, seconds: flo
                    device: str = "cpu", weights: str = "float16") -> float:
     """Texts/s for tokenisation + forward + softmax at `batch_size`, in the texts' order,
     with the weights held as the server holds them (`RNN_WEIGHTS`)."""
-    art = load_artifact(folder, weights=weights if device == "cpu" else "float32")
+    art = load_artifact(folder, device, weights)  # float16 applies on the CPU only
     assert isinstance(art.net, RNNClassifier)
-    art.net.to(device)
     done, start = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - start < seconds:
@@ -38,8 +37,8 @@ def generate_limit(folder: Path, streams: int, tokens: int = 128, prompt: str = 
                    device: str = "cpu", rounds: int = 1, weights: str = "float16") -> float:
     """Tokens/s generating `tokens` for `streams` rows in lock-step (prefill, steps, sampling),
     `rounds` times over (as many generations as the server's clients run at that level)."""
-    art = load_artifact(folder, weights=weights if device == "cpu" else "float32")
-    net = art.net.to(device)
+    art = load_artifact(folder, device, weights)
+    net = art.net
     assert isinstance(net, CharLM)
     ids = art.tokenizer.encode(prompt).ids
     done, elapsed = 0, 0.0

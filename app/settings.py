@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Where each language model's generation loop runs: a thread of the server, "
                     "or a child process forked from it at start (no GIL shared with the event "
                     "loop; one torch thread).")
+    stream_flush_ms: float = Field(
+        20.0, ge=0, le=1000,
+        description="Least time between two writes to one token stream after its first token: "
+                    "the tokens generated meanwhile go out in one write, each still its own "
+                    "event. 0 writes every token as it is generated.")
     gil_switch_ms: float = Field(
         0.05, gt=0, le=100,
         description="Python's thread switch interval (ms): how soon an inference thread gets "

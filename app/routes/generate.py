@@ -114,7 +114,13 @@ def _event(event: TokenEvent, job: GenerationJob, text: list[str]) -> str:
             f'{json.dumps(details, separators=(",", ":"))}}}\n\n')
 
 
-async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
+async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> AsyncIterator[str]:
+    """The job's events as SSE text. The first token goes out at once; after that a stream is
+    written at most every `flush_s`, with every token that arrived meanwhile in one write. A
+    write (waking the stream's task, Starlette's send chain, the socket call) costs the event
+    loop several times what framing one more token costs, and the loop shares the machine with
+    the model, so at one write per token per stream it is the loop, not the model, that limits
+    many streams."""
     text: list[str] = []
     event: TokenEvent | BaseException | None = first
     try:
@@ -132,7 +138,11 @@ async def _stream(job: GenerationJob, first: TokenEvent) -> AsyncIterator[str]:
             yield "".join(chunk)
             if isinstance(event, BaseException):  # after the tokens that came before it
                 raise event
-            event = await _next(job)
+            if flush_s:
+                await asyncio.sleep(flush_s)
+                event = _ready(job)
+            if event is None:
+                event = await _next(job)
     except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
         known = isinstance(exc, ServiceError)
         error = {"error": str(exc) if known else "internal error",
@@ -164,7 +174,8 @@ async def _respond(body: GenerateRequest, request: Request, response: Response,
     except BaseException:
         job.cancel()
         raise
-    return StreamingResponse(_stream(job, first), media_type="text/event-stream",
+    return StreamingResponse(_stream(job, first, settings.stream_flush_ms / 1000),
+                             media_type="text/event-stream",
                              headers={"X-Model": entry.version, "Cache-Control": "no-cache"})
 
 

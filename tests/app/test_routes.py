@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.generation import GenerationJob, TokenEvent
 from app.main import create_app
-from app.routes.generate import _event
+from app.routes.generate import _event, _stream
 from app.schemas import StreamResponse
 from app.settings import Settings
 from textrnn.artifact import load_artifact
@@ -209,3 +211,40 @@ def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
             expected |= {"generated_text": "".join(text), "details": {
                 "finish_reason": reason, "generated_tokens": 5, "seed": 7}}
         assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
+
+
+@pytest.mark.parametrize("flush_ms", [0, 40])
+def test_a_stream_writes_its_first_token_at_once_and_the_rest_per_flush_interval(
+        flush_ms: int) -> None:
+    """Tokens arrive every 2 ms; with a flush interval they go out together, each still its
+    own event, in the same bytes as written one per token."""
+    async def run() -> tuple[list[str], list[float]]:
+        loop = asyncio.get_running_loop()
+        job = GenerationJob([1], 40, 1.0, 0, 1.0, 1.0, 7, [], loop=loop)
+        events = [TokenEvent(i, 40 + i % 5, "ab"[i % 2], -0.5, "length" if i == 39 else None)
+                  for i in range(40)]
+
+        async def produce() -> None:
+            for event in events[1:]:
+                await asyncio.sleep(0.002)
+                job.events.put_nowait(event)
+
+        producer = asyncio.create_task(produce())
+        start = loop.time()
+        writes, times = [], []
+        async for chunk in _stream(job, events[0], flush_ms / 1000):
+            writes.append(chunk)
+            times.append(loop.time() - start)
+        await producer
+        return writes, times
+
+    writes, times = asyncio.run(run())
+    whole = "".join(writes)
+    assert whole.count("data:") == 40
+    assert [json.loads(line[5:])["index"] for line in whole.split("\n\n") if line] == list(range(40))
+    assert writes[0].count("data:") == 1 and times[0] < 0.02  # the first token is not held back
+    if flush_ms:
+        assert len(writes) <= 5  # 40 tokens over about 80 ms, written every 40 ms at most
+        assert all(later - earlier >= 0.039 for earlier, later in itertools.pairwise(times))
+    else:
+        assert len(writes) >= 20  # written as they come (a late loop may merge a few)

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from textrnn.inference import classify_logits, sequence_logprobs
 from textrnn.nets import CharLM, RNNClassifier
 from textrnn.tokenization import encode_batch
 
-__all__ = ["ModelEntry", "fingerprint", "resolve_device"]
+__all__ = ["ModelEntry", "fingerprint", "resolve_device", "scheduler_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"RNN_DEVICE={name} but torch sees no CUDA device; use cpu or auto")
     return torch.device(name)
+
+
+def scheduler_kind(setting: str, device: torch.device
+                   ) -> type[GenerationScheduler] | type[ProcessScheduler]:
+    """The generation scheduler for RNN_GENERATION_WORKER on `device`: a forked worker
+    process on the CPU (`process`, or `auto` on Linux), the thread on a GPU, whose CUDA context
+    a forked child cannot use, and wherever `thread` is asked for."""
+    if device.type != "cpu" or not hasattr(os, "fork"):
+        if setting == "process":
+            log.warning("RNN_GENERATION_WORKER=process needs the CPU and os.fork; generating "
+                        "in a thread on %s", device)
+        return GenerationScheduler
+    if setting == "auto":
+        return ProcessScheduler if sys.platform == "linux" else GenerationScheduler
+    return GenerationScheduler if setting == "thread" else ProcessScheduler
 
 
 @dataclass
@@ -89,7 +106,7 @@ class ModelEntry:
                                      s.max_batch_size, s.max_queue, s.max_wait_ms,
                                      s.request_timeout_s)
             self.score.start()
-            kind = ProcessScheduler if s.generation_worker == "process" else GenerationScheduler
+            kind = scheduler_kind(s.generation_worker, device)
             self.generator = kind(self.artifact, device, s.max_active_sequences, s.max_queue,
                                   s.request_timeout_s)
             self.generator.start()

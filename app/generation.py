@@ -144,6 +144,9 @@ class GenerationScheduler:
         self._batch = _Batch()
         self._thread = threading.Thread(target=self._run, name=f"generate-{self.name}", daemon=True)
         self._stopping = False
+        # With nothing running, the thread sleeps in the queue until a job arrives. A worker
+        # process waits on its socket instead and must find the queue without blocking.
+        self.wait_in_queue = True
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -196,7 +199,7 @@ class GenerationScheduler:
 
     def _admit(self) -> list[GenerationJob]:
         jobs: list[GenerationJob] = []
-        block = not self._batch.jobs
+        block = self.wait_in_queue and not self._batch.jobs
         while len(self._batch.jobs) + len(jobs) < self.max_active:
             try:
                 job = self._inbox.get(block=block and not jobs)

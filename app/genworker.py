@@ -284,8 +284,9 @@ def _reap(pid: int, wait_s: float) -> str:
         if done:
             return f"status {status}"
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):  # reaped meanwhile
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
             return "killed"
         time.sleep(0.01)
 
@@ -347,6 +348,8 @@ def _child(scheduler: GenerationScheduler, down: socket.socket, up: socket.socke
     # One torch thread: an OpenMP pool the server started before the fork would not survive
     # it (GNU OpenMP is not fork-safe), and one thread per process is this service's setting.
     torch.set_num_threads(1)
+    scheduler.wait_in_queue = False  # this loop waits on the socket: a queue of jobs that
+    # were all cancelled would otherwise block the child where no message can wake it
     conn, out = Connection(down.detach()), Connection(up.detach())
     jobs: dict[int, _ChildJob] = {}
     outbox = _Outbox(out, scheduler, jobs)

@@ -44,11 +44,12 @@ class Settings(BaseSettings):
         description="How LSTM and GRU weights are stored for inference on the CPU: float16 "
                     "(fbgemm; the arithmetic and the outputs stay float32) or float32. "
                     "GPUs and vanilla RNN cells use float32.")
-    generation_worker: Literal["thread", "process"] = Field(
-        "thread",
-        description="Where each language model's generation loop runs: a thread of the server, "
-                    "or a child process forked from it at start (no GIL shared with the event "
-                    "loop; one torch thread).")
+    generation_worker: Literal["auto", "thread", "process"] = Field(
+        "auto",
+        description="Where each language model's generation loop runs: a child process forked "
+                    "from the server at start (no GIL shared with the event loop; one torch "
+                    "thread), or a thread of the server. auto: the process on the CPU, the "
+                    "thread on a GPU (CUDA cannot be used in a forked child).")
     stream_flush_ms: float = Field(
         20.0, ge=0, le=1000,
         description="Least time between two writes to one token stream after its first token: "

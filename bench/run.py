@@ -292,7 +292,7 @@ def main() -> None:
                    help="cpu or cuda[:N]: the servers' RNN_DEVICE and the offline limit's device")
     p.add_argument("--weights", choices=("float16", "float32"), default="float16",
                    help="the servers' RNN_WEIGHTS, and how the offline limit holds the weights")
-    p.add_argument("--generation-worker", choices=("thread", "process"), default="thread",
+    p.add_argument("--generation-worker", choices=("auto", "thread", "process"), default="auto",
                    help="the servers' RNN_GENERATION_WORKER")
     p.add_argument("--texts", type=Path, default=SST2_DEV, help="label<TAB>text file (SST-2 dev)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")

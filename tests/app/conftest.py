@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,20 +63,32 @@ def slowed(engine: Any, seconds: float) -> Iterator[None]:
 
 
 @contextmanager
+def patched_steps(generator: Any, step: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Run a scheduler's generation steps through `step(real, *args)` for the duration; a
+    worker process is re-forked, so that its copy of the model has the patch too."""
+    net = generator.net
+    real = net.step
+    net.step = functools.partial(step, real)
+    restart = getattr(generator, "restart", None)
+    try:
+        if restart is not None:
+            restart()
+        yield real
+    finally:
+        net.step = real
+        if restart is not None:
+            restart()
+
+
+@contextmanager
 def slowed_steps(generator: Any, seconds: float) -> Iterator[None]:
     """Make each generation step of a scheduler take `seconds` longer, so that concurrent
     requests overlap however fast or slow the machine is."""
-    net = generator.net
-    real = net.step
-
-    def slow(*args: Any) -> Any:
+    def slow(real: Callable[..., Any], *args: Any) -> Any:
         time.sleep(seconds)
         return real(*args)
-    net.step = slow
-    try:
+    with patched_steps(generator, slow):
         yield
-    finally:
-        net.step = real
 
 
 @contextmanager

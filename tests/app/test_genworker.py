@@ -16,7 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
+from app.entry import scheduler_kind
+from app.generation import GenerationScheduler
 from app.genworker import ProcessScheduler
 from app.main import create_app
 from app.registry import Registry
@@ -41,6 +44,16 @@ def worker_server(models_dir: Path) -> Iterator[tuple[str, ProcessScheduler]]:
     assert not _alive(generator.pid), "the worker outlived the server"
 
 
+def test_auto_forks_a_worker_on_the_cpu_and_keeps_the_thread_on_a_gpu() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
+    assert Settings().generation_worker == "auto"
+    assert scheduler_kind("auto", cpu) is ProcessScheduler  # the test machines run Linux
+    assert scheduler_kind("process", cpu) is ProcessScheduler
+    assert scheduler_kind("thread", cpu) is GenerationScheduler
+    for setting in ("auto", "process", "thread"):  # CUDA cannot be used in a forked child
+        assert scheduler_kind(setting, gpu) is GenerationScheduler
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -56,7 +69,8 @@ def test_the_worker_answers_as_the_thread_scheduler_does(
     seeds = range(4)
     from_worker = {s: httpx.post(f"{url}/generate", json=_body(s, 60), timeout=30).json()
                    for s in seeds}
-    with running_server(create_app(Settings(models_dir=models_dir))) as thread_url:
+    thread_app = create_app(Settings(models_dir=models_dir, generation_worker="thread"))
+    with running_server(thread_app) as thread_url:
         from_thread = {s: httpx.post(f"{thread_url}/generate", json=_body(s, 60), timeout=30).json()
                        for s in seeds}
     assert from_worker == from_thread

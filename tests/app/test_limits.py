@@ -120,6 +120,9 @@ def test_generation_waiting_for_a_slot_past_its_deadline_gets_504(models_dir: Pa
 
         with slowed_steps(app.state.registry.entries["shakespeare"].generator, 0.001):
             first, late, waited = asyncio.run(run())
+            # the late job, cancelled in the queue, must not keep the next one waiting
+            again = httpx.post(f"{url}/generate", json=short, timeout=10)
+        assert again.status_code == 200 and len(again.json()["generated_text"]) == 5
         assert first.status_code == 200 and len(first.json()["generated_text"]) == 1000
         assert late.status_code == 504 and "generation slot" in late.text
         assert waited < 0.6

@@ -68,6 +68,8 @@ class GenerationJob:
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     on_cancel: Callable[[], None] | None = None  # set by a scheduler that must be told
+    ended: bool = False  # its last event was handed over (on the event loop)
+    waiter: asyncio.Future[None] | None = None  # a stream's pause; the job's end cuts it short
     # Written by the scheduler thread only:
     admitted: bool = False
     generated: int = 0
@@ -80,8 +82,17 @@ class GenerationJob:
         if self.on_cancel is not None:
             self.on_cancel()
 
+    def put(self, event: TokenEvent | BaseException) -> None:
+        """Hand the request an event (on the event loop). Its last token or an error ends a
+        stream's pause at once, so that the end of a stream is never held back."""
+        self.events.put_nowait(event)
+        if isinstance(event, BaseException) or event.finish_reason is not None:
+            self.ended = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
     def _emit(self, event: TokenEvent | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.loop.call_soon_threadsafe(self.put, event)
 
 
 class _Batch:
@@ -300,7 +311,7 @@ class GenerationScheduler:
 def _deliver(events: list[tuple[GenerationJob, TokenEvent]]) -> None:
     """Hand a step's tokens to their requests (runs on the event loop)."""
     for job, event in events:
-        job.events.put_nowait(event)
+        job.put(event)
 
 
 def _finish_reason(job: GenerationJob) -> str | None:

@@ -170,7 +170,7 @@ class ProcessScheduler:
                     jid, error = payload
                     job = self.jobs.pop(jid, None)
                     if job is not None:
-                        job.events.put_nowait(error)
+                        job.put(error)
         except (EOFError, OSError):
             self._lost()
 
@@ -187,7 +187,7 @@ class ProcessScheduler:
             if event.index == 0:  # prefilled: admitted in the same turn
                 job.admitted = True
                 TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - job.enqueued)
-            job.events.put_nowait(event)
+            job.put(event)
             if event.finish_reason is not None:
                 del self.jobs[jid]
         QUEUE_DEPTH.labels(self.name).set(self.waiting)
@@ -218,7 +218,7 @@ class ProcessScheduler:
     def _fail_all(self, error: BaseException) -> None:
         jobs, self.jobs = self.jobs, {}
         for job in jobs.values():
-            job.events.put_nowait(error)
+            job.put(error)
 
     def stop(self) -> None:
         """Stop the child (from any thread); unfinished jobs get an error."""

@@ -139,7 +139,7 @@ async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> Asyn
             if isinstance(event, BaseException):  # after the tokens that came before it
                 raise event
             if flush_s:
-                await asyncio.sleep(flush_s)
+                await _pause(job, flush_s)
                 event = _ready(job)
             if event is None:
                 event = await _next(job)
@@ -150,6 +150,25 @@ async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> Asyn
         yield f"data: {json.dumps(error)}\n\n"
     finally:
         job.cancel()  # a client that left is dropped at the next step
+
+
+async def _pause(job: GenerationJob, seconds: float) -> None:
+    """Wait `seconds`, or less if the job ends meanwhile: its last token is not held back."""
+    if job.ended:
+        return
+    loop = asyncio.get_running_loop()
+    job.waiter = waiter = loop.create_future()
+    timer = loop.call_later(seconds, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        job.waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _ready(job: GenerationJob) -> TokenEvent | BaseException | None:

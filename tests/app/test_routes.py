@@ -213,11 +213,11 @@ def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
         assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
 
 
-@pytest.mark.parametrize("flush_ms", [0, 40])
-def test_a_stream_writes_its_first_token_at_once_and_the_rest_per_flush_interval(
+@pytest.mark.parametrize("flush_ms", [0, 40, 500])
+def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and_its_end_at_once(
         flush_ms: int) -> None:
     """Tokens arrive every 2 ms; with a flush interval they go out together, each still its
-    own event, in the same bytes as written one per token."""
+    own event, in the same bytes as written one per token. The last one is not held back."""
     async def run() -> tuple[list[str], list[float]]:
         loop = asyncio.get_running_loop()
         job = GenerationJob([1], 40, 1.0, 0, 1.0, 1.0, 7, [], loop=loop)
@@ -227,7 +227,7 @@ def test_a_stream_writes_its_first_token_at_once_and_the_rest_per_flush_interval
         async def produce() -> None:
             for event in events[1:]:
                 await asyncio.sleep(0.002)
-                job.events.put_nowait(event)
+                job.put(event)  # as the schedulers hand tokens over
 
         producer = asyncio.create_task(produce())
         start = loop.time()
@@ -243,8 +243,10 @@ def test_a_stream_writes_its_first_token_at_once_and_the_rest_per_flush_interval
     assert whole.count("data:") == 40
     assert [json.loads(line[5:])["index"] for line in whole.split("\n\n") if line] == list(range(40))
     assert writes[0].count("data:") == 1 and times[0] < 0.02  # the first token is not held back
-    if flush_ms:
-        assert len(writes) <= 5  # 40 tokens over about 80 ms, written every 40 ms at most
-        assert all(later - earlier >= 0.039 for earlier, later in itertools.pairwise(times))
-    else:
+    if flush_ms == 0:
         assert len(writes) >= 20  # written as they come (a late loop may merge a few)
+    elif flush_ms == 40:
+        assert len(writes) <= 5  # 40 tokens over about 80 ms, written every 40 ms at most
+        assert all(later - earlier >= 0.039 for earlier, later in itertools.pairwise(times[:-1]))
+    else:  # the whole stream fits in one pause, which its last token ends
+        assert len(writes) == 2 and times[-1] < 0.4

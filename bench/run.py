@@ -109,11 +109,24 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def _threads(pid: int) -> dict[int, tuple[int, int, int]]:
-    """Each thread of `pid`: ns on a CPU, ns runnable but waiting for one, voluntary sleeps
-    (waiting for the GIL, a lock or work)."""
-    out = {}
+def _children(pid: int) -> list[int]:
+    """The processes `pid`'s threads forked (a generation worker)."""
+    pids: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def _threads(pid: int) -> dict[int, tuple[int, int, int]]:
+    """Each thread of `pid` and of its child processes: ns on a CPU, ns runnable but waiting
+    for one, voluntary sleeps (waiting for the GIL, a lock or work)."""
+    out = {}
+    tasks: list[Path] = []
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(OSError):  # a worker that exited meanwhile
+            tasks += Path(f"/proc/{p}/task").iterdir()
+    for task in tasks:
         try:
             run_ns, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())
             status = (task / "status").read_text().splitlines()
@@ -127,9 +140,10 @@ def _threads(pid: int) -> dict[int, tuple[int, int, int]]:
 
 def _profiled(pid: int, key: str, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run `load`, and add where the server's time went meanwhile: the share of the wall time
-    its busiest worker thread (the inference thread, or the generation scheduler) was on a
-    CPU, was runnable but had none, and how often it slept; the event loop's (the main
-    thread's) share on a CPU; and the whole process's CPU time per 1,000 texts or tokens."""
+    its busiest worker thread (the inference thread, or the generation scheduler in a thread
+    or in the worker process) was on a CPU, was runnable but had none, and how often it
+    slept; the event loop's (the main thread's) share on a CPU; and the CPU time of the
+    server and its worker processes per 1,000 texts or tokens."""
     before, started = _threads(pid), time.perf_counter()
     result = load()
     after, wall = _threads(pid), time.perf_counter() - started

@@ -78,6 +78,9 @@ def _token(event: TokenEvent) -> Token:
 
 
 async def _collect(job: GenerationJob, first: TokenEvent, details: bool) -> GenerateResponse:
+    """The whole answer. The request wakes once, when its last token (or an error) has
+    arrived, not once per token."""
+    await _pause(job, None)
     tokens = [_token(first)]
     event = first
     while event.finish_reason is None:
@@ -152,17 +155,19 @@ async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> Asyn
         job.cancel()  # a client that left is dropped at the next step
 
 
-async def _pause(job: GenerationJob, seconds: float) -> None:
-    """Wait `seconds`, or less if the job ends meanwhile: its last token is not held back."""
+async def _pause(job: GenerationJob, seconds: float | None) -> None:
+    """Wait `seconds` (None: no limit), or less if the job ends meanwhile: its last token is
+    not held back."""
     if job.ended:
         return
     loop = asyncio.get_running_loop()
     job.waiter = waiter = loop.create_future()
-    timer = loop.call_later(seconds, _wake, waiter)
+    timer = None if seconds is None else loop.call_later(seconds, _wake, waiter)
     try:
         await waiter
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         job.waiter = None
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.generation import GenerationJob, TokenEvent
 from app.main import create_app
-from app.routes.generate import _event, _stream
+from app.routes.generate import _collect, _event, _stream
 from app.schemas import StreamResponse
 from app.settings import Settings
 from textrnn.artifact import load_artifact
@@ -250,3 +250,33 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
         assert all(later - earlier >= 0.039 for earlier, later in itertools.pairwise(times[:-1]))
     else:  # the whole stream fits in one pause, which its last token ends
         assert len(writes) == 2 and times[-1] < 0.4
+
+
+def test_a_whole_answer_wakes_its_request_once_not_once_per_token() -> None:
+    async def run() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        job = GenerationJob([1], 30, 1.0, 0, 1.0, 1.0, 7, [], loop=loop)
+        events = [TokenEvent(i, 40, "ab"[i % 2], -0.5, "length" if i == 29 else None)
+                  for i in range(30)]
+        waits = 0
+        real_get = job.events.get
+
+        async def counting_get() -> TokenEvent | BaseException:
+            nonlocal waits
+            waits += job.events.empty()  # a get that has to wait for its token
+            return await real_get()
+        job.events.get = counting_get  # type: ignore[method-assign]
+
+        async def produce() -> None:
+            for event in events[1:]:
+                await asyncio.sleep(0.001)
+                job.put(event)
+
+        producer = asyncio.create_task(produce())
+        answer = await _collect(job, events[0], details=True)
+        await producer
+        assert answer.details is not None and answer.details.generated_tokens == 30
+        return answer.generated_text, waits
+
+    text, waits = asyncio.run(run())
+    assert text == "ab" * 15 and waits == 0

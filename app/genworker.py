@@ -348,8 +348,9 @@ def _child(scheduler: GenerationScheduler, down: socket.socket, up: socket.socke
     # One torch thread: an OpenMP pool the server started before the fork would not survive
     # it (GNU OpenMP is not fork-safe), and one thread per process is this service's setting.
     torch.set_num_threads(1)
-    scheduler.wait_in_queue = False  # this loop waits on the socket: a queue of jobs that
-    # were all cancelled would otherwise block the child where no message can wake it
+    # This loop waits on the socket. Were the scheduler to wait in its queue, a queue of jobs
+    # that were all cancelled would block the child where no message can wake it.
+    scheduler.wait_in_queue = False
     conn, out = Connection(down.detach()), Connection(up.detach())
     jobs: dict[int, _ChildJob] = {}
     outbox = _Outbox(out, scheduler, jobs)

@@ -121,9 +121,8 @@ async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> Asyn
     """The job's events as SSE text. The first token goes out at once; after that a stream is
     written at most every `flush_s`, with every token that arrived meanwhile in one write. A
     write (waking the stream's task, Starlette's send chain, the socket call) costs the event
-    loop several times what framing one more token costs, and the loop shares the machine with
-    the model, so at one write per token per stream it is the loop, not the model, that limits
-    many streams."""
+    loop several times what framing one more token costs, and the loop shares the machine's
+    cores with the model: one write per token per stream spends CPU the model needs."""
     text: list[str] = []
     event: TokenEvent | BaseException | None = first
     try:

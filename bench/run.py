@@ -183,7 +183,10 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                            "idle_rss_mb": server.idle_rss_mb, "idle_pss_mb": server.idle_pss_mb,
                            "classify": {}, "generate": {}}
     sentiment, lm = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare"
-    rounds = max(1, args.rounds)  # generations per stream client
+    def rounds(c: int) -> int:
+        """Generations per stream client: at least --rounds, and enough that the level runs
+        --min-generations in all (one stream's 2 x 128 tokens alone would last 0.3 s)."""
+        return max(1, args.rounds, -(-args.min_generations // c))
     # This shared machine's speed drifts by up to 2x within minutes, and interference only
     # ever slows a measurement down. So each level runs `repeats` times, each time followed
     # by its offline limit (the server idle), and the best of each is compared: two figures
@@ -201,9 +204,9 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
         for c in args.generate_concurrency:
             r = _best_of(args.repeats, "tokens_per_s",
                          lambda c=c: _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
-                             generate_load(server.url, c, args.tokens, rounds))),
+                             generate_load(server.url, c, args.tokens, rounds(c)))),
                          lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
-                                                    rounds=rounds, weights=args.weights))
+                                                    rounds=rounds(c), weights=args.weights))
             out["generate"][c] = r
             print(f"  {name} generate c={c}: {r['tokens_per_s']:.0f} tokens/s "
                   f"(offline {r['offline_tokens_per_s']:.0f})", file=sys.stderr)
@@ -301,6 +304,8 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=20_000)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2, help="generations per stream client")
+    p.add_argument("--min-generations", type=int, default=16,
+                   help="generations per level at least (more rounds at low concurrency)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda[:N]: the servers' RNN_DEVICE and the offline limit's device")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -38,6 +40,25 @@ def test_the_profile_finds_the_busy_worker_thread_and_the_idle_event_loop() -> N
     assert profile["loop_on_cpu"] < 0.2
     # all of the process's CPU time, per 1,000 of the ~100 texts the load reported
     assert profile["server_cpu_ms_per_1000"] > 0.3 * 1000 / 200 * 1000
+
+
+def test_the_profile_counts_a_worker_process_forked_by_the_server() -> None:
+    spin = "import time\nuntil = time.perf_counter() + 0.4\nwhile time.perf_counter() < until: pass\n" \
+           "time.sleep(30)"
+    children: list[subprocess.Popen[bytes]] = []
+
+    def load() -> dict[str, Any]:
+        children.append(subprocess.Popen([sys.executable, "-c", spin]))
+        time.sleep(0.6)
+        return {"tokens_per_s": 100.0}
+
+    try:
+        result = _profiled(os.getpid(), "tokens_per_s", load)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert 0.3 / 0.6 < result["profile"]["worker_on_cpu"] <= 1.05
 
 
 def test_the_paired_ratio_divides_each_run_by_the_limit_measured_after_it() -> None:

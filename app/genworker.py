@@ -222,24 +222,26 @@ class ProcessScheduler:
 
     def stop(self) -> None:
         """Stop the child (from any thread); unfinished jobs get an error."""
-        self._stopping = True
         if self._loop is None:
+            self._stopping = True
             return
-        self._tell_stop()
-        log.info("generation worker for model %s stopped (%s)", self.name,
-                 _reap(self.pid, wait_s=10.0))
-        self._on_loop(lambda: self._drop_worker(
-            Overloaded(f"model '{self.name}' is shutting down"), spawn=False))
+        how = self._end_child(Overloaded(f"model '{self.name}' is shutting down"), spawn=False)
+        log.info("generation worker for model %s stopped (%s)", self.name, how)
 
     def restart(self) -> None:
         """Replace the child with one forked now (from any thread), which sees the model as
         it is now; unfinished jobs get an error."""
-        self._stopping = True  # the old child's exit is not news to `_lost`
+        self._end_child(Overloaded(f"model '{self.name}' restarted its generation worker; "
+                                   "retry"), spawn=True)
+
+    def _end_child(self, error: BaseException, spawn: bool) -> str:
+        """Tell the child to stop, reap it, fail its jobs with `error`, and fork another if
+        `spawn`; how the child ended."""
+        self._stopping = True  # the child's exit is not news to `_lost`
         self._tell_stop()
-        _reap(self.pid, wait_s=10.0)
-        self._on_loop(lambda: self._drop_worker(
-            Overloaded(f"model '{self.name}' restarted its generation worker; retry"),
-            spawn=True))
+        how = _reap(self.pid, wait_s=10.0)
+        self._on_loop(lambda: self._drop_worker(error, spawn))
+        return how
 
     def _tell_stop(self) -> None:
         if self._loop is not None and not self._loop.is_closed():

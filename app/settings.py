@@ -48,8 +48,8 @@ class Settings(BaseSettings):
         "auto",
         description="Where each language model's generation loop runs: a child process forked "
                     "from the server at start (no GIL shared with the event loop; one torch "
-                    "thread), or a thread of the server. auto: the process on the CPU, the "
-                    "thread on a GPU (CUDA cannot be used in a forked child).")
+                    "thread), or a thread of the server. auto: the process on the CPU (Linux), "
+                    "the thread on a GPU (CUDA cannot be used in a forked child).")
     stream_flush_ms: float = Field(
         20.0, ge=0, le=1000,
         description="Least time between two writes to one token stream after its first token: "

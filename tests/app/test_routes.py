@@ -213,6 +213,13 @@ def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
         assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
 
 
+async def _feed(job: GenerationJob, events: list[TokenEvent], gap_s: float) -> None:
+    """Hand the job its events `gap_s` apart, as the schedulers do (`GenerationJob.put`)."""
+    for event in events:
+        await asyncio.sleep(gap_s)
+        job.put(event)
+
+
 @pytest.mark.parametrize("flush_ms", [0, 40, 500])
 def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and_its_end_at_once(
         flush_ms: int) -> None:
@@ -224,12 +231,7 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
         events = [TokenEvent(i, 40 + i % 5, "ab"[i % 2], -0.5, "length" if i == 39 else None)
                   for i in range(40)]
 
-        async def produce() -> None:
-            for event in events[1:]:
-                await asyncio.sleep(0.002)
-                job.put(event)  # as the schedulers hand tokens over
-
-        producer = asyncio.create_task(produce())
+        producer = asyncio.create_task(_feed(job, events[1:], 0.002))
         start = loop.time()
         writes, times = [], []
         async for chunk in _stream(job, events[0], flush_ms / 1000):
@@ -267,12 +269,7 @@ def test_a_whole_answer_wakes_its_request_once_not_once_per_token() -> None:
             return await real_get()
         job.events.get = counting_get  # type: ignore[method-assign]
 
-        async def produce() -> None:
-            for event in events[1:]:
-                await asyncio.sleep(0.001)
-                job.put(event)
-
-        producer = asyncio.create_task(produce())
+        producer = asyncio.create_task(_feed(job, events[1:], 0.001))
         answer = await _collect(job, events[0], details=True)
         await producer
         assert answer.details is not None and answer.details.generated_tokens == 30

@@ -7,8 +7,6 @@ import asyncio
 import hashlib
 import logging
 import math
-import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +17,7 @@ from typing import Any
 import torch
 
 from app.batching import BatchEngine
-from app.generation import GenerationScheduler
-from app.genworker import ProcessScheduler
+from app.generation import Generator, make_generator
 from app.metrics import MODEL_READY
 from app.settings import Settings
 from textrnn.artifact import Artifact, ArtifactError, load_artifact
@@ -28,7 +25,7 @@ from textrnn.inference import classify_logits, sequence_logprobs
 from textrnn.nets import CharLM, RNNClassifier
 from textrnn.tokenization import encode_batch
 
-__all__ = ["ModelEntry", "fingerprint", "resolve_device", "scheduler_kind"]
+__all__ = ["ModelEntry", "fingerprint", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +39,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def scheduler_kind(setting: str, device: torch.device
-                   ) -> type[GenerationScheduler] | type[ProcessScheduler]:
-    """The generation scheduler for RNN_GENERATION_WORKER on `device`: a forked worker
-    process on the CPU (`process`, or `auto` on Linux), the thread on a GPU, whose CUDA context
-    a forked child cannot use, and wherever `thread` is asked for."""
-    if device.type != "cpu" or not hasattr(os, "fork"):
-        if setting == "process":
-            log.warning("RNN_GENERATION_WORKER=process needs the CPU and os.fork; generating "
-                        "in a thread on %s", device)
-        return GenerationScheduler
-    if setting == "auto":
-        return ProcessScheduler if sys.platform == "linux" else GenerationScheduler
-    return GenerationScheduler if setting == "thread" else ProcessScheduler
-
-
 @dataclass
 class ModelEntry:
     """One model folder: loaded and serving, or failed with a reason."""
@@ -68,7 +50,7 @@ class ModelEntry:
     artifact: Artifact | None = None
     classify: BatchEngine[str, list[float]] | None = None
     score: BatchEngine[str, dict[str, Any]] | None = None
-    generator: GenerationScheduler | ProcessScheduler | None = None
+    generator: Generator | None = None
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     fingerprint: str = ""
 
@@ -90,11 +72,20 @@ class ModelEntry:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             log.exception("model %s failed to load", self.name)
 
-    def start(self, s: Settings, device: torch.device) -> None:
-        """Start the batchers (on the running event loop) and the generation scheduler."""
+    async def start(self, s: Settings, device: torch.device) -> None:
+        """Start the batchers (on the running event loop) and the generation engine; a
+        generation worker that cannot start fails the model, not the service."""
+        if self.status == "ready" and self.artifact is not None:
+            try:
+                await self._start(s, device)
+            except Exception as e:
+                self.status, self.error = "failed", f"generation worker: {e}"
+                log.exception("model %s failed to start", self.name)
+                await self.stop()
         MODEL_READY.labels(self.name).set(1 if self.status == "ready" else 0)
-        if self.status != "ready" or self.artifact is None:
-            return
+
+    async def _start(self, s: Settings, device: torch.device) -> None:
+        assert self.artifact is not None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
         if self.artifact.task == "classification":
             self.classify = BatchEngine(self.name, _classify_batch(self.artifact), self.executor,
@@ -106,10 +97,8 @@ class ModelEntry:
                                      s.max_batch_size, s.max_queue, s.max_wait_ms,
                                      s.request_timeout_s)
             self.score.start()
-            kind = scheduler_kind(s.generation_worker, device)
-            self.generator = kind(self.artifact, device, s.max_active_sequences, s.max_queue,
-                                  s.request_timeout_s)
-            self.generator.start()
+            self.generator = make_generator(self.artifact, self.folder, device, s)
+            await self.generator.start()
 
     @property
     def busy(self) -> bool:
@@ -131,7 +120,7 @@ class ModelEntry:
             if engine is not None:
                 await engine.stop()
         if self.generator is not None:
-            await asyncio.to_thread(self.generator.stop)
+            await self.generator.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

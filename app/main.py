@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -31,26 +32,34 @@ __all__ = ["app", "create_app"]
 log = logging.getLogger("app")
 
 
-def _drain_on_sigterm(app: FastAPI) -> None:
-    """Turn not-ready and refuse new work as soon as SIGTERM arrives, then let the server's
-    own handler run its graceful shutdown (in-flight requests and streams finish)."""
+def _drain_on_signals(app: FastAPI) -> None:
+    """On SIGTERM or SIGINT, turn not-ready and refuse new work at once, then run uvicorn's
+    graceful shutdown (in-flight requests and streams finish) and exit 0. A second SIGINT
+    (Ctrl-C twice) goes to uvicorn's own handler, which stops without waiting."""
     if threading.current_thread() is not threading.main_thread():
         return  # signals reach the main thread only (a server run inside a test thread)
-    previous = signal.getsignal(signal.SIGTERM)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _drainer(app, signal.getsignal(signum)))
 
+
+def _drainer(app: FastAPI, previous: Any) -> Callable[[int, FrameType | None], None]:
     server = getattr(previous, "__self__", None)  # uvicorn's Server, whose handler this is
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if app.state.draining and signum == signal.SIGINT and callable(previous):
+            log.info("%s again: stopping without waiting", name)
+            previous(signum, frame)
+            return
         app.state.draining = True
-        log.info("SIGTERM: draining; new requests get 503")
+        log.info("%s: draining; new requests get 503", name)
         if server is not None and hasattr(server, "should_exit"):
             # Ask uvicorn for its graceful shutdown directly: handing it the signal would make
-            # it re-raise SIGTERM at the end, and a finished drain should exit 0.
+            # it re-raise the signal at the end, and a finished drain should exit 0.
             server.should_exit = True
         elif callable(previous):
             previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    return on_signal
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,9 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         # Loading runs in a thread so /health/live answers while models load.
         await asyncio.to_thread(registry.load_all)
-        registry.start()
+        await registry.start()
         app.state.loaded = True
-        _drain_on_sigterm(app)
+        _drain_on_signals(app)
         log.info("ready: %s; failed: %s", [e.name for e in registry.ready()],
                  [e.name for e in registry.failed()])
         try:

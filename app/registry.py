@@ -45,10 +45,10 @@ class Registry:
             entry.load(self.device, self.settings.weights)
             self.entries[entry.name] = entry
 
-    def start(self) -> None:
-        """Start every ready model's batchers and scheduler on the running event loop."""
+    async def start(self) -> None:
+        """Start every ready model's batchers and generation engine on the running loop."""
         for entry in self.entries.values():
-            entry.start(self.settings, self.device)
+            await entry.start(self.settings, self.device)
 
     async def stop(self) -> None:
         """Stop every model now."""
@@ -66,7 +66,7 @@ class Registry:
             fresh = {name: ModelEntry(name, folders[name]) for name in changed}
             for entry in fresh.values():
                 await asyncio.to_thread(entry.load, self.device, self.settings.weights)
-                entry.start(self.settings, self.device)
+                await entry.start(self.settings, self.device)
             kept = [n for n in folders if n not in fresh]
             self.entries = {name: fresh.get(name) or current[name] for name in sorted(folders)}
             for name in current.keys() - folders.keys():  # a removed model has no readiness

@@ -46,10 +46,16 @@ class Settings(BaseSettings):
                     "GPUs and vanilla RNN cells use float32.")
     generation_worker: Literal["auto", "thread", "process"] = Field(
         "auto",
-        description="Where each language model's generation loop runs: a child process forked "
-                    "from the server at start (no GIL shared with the event loop; one torch "
-                    "thread), or a thread of the server. auto: the process on the CPU (Linux), "
-                    "the thread on a GPU (CUDA cannot be used in a forked child).")
+        description="Where each language model's generation engine runs: a worker process "
+                    "(started by a clean fork server, never forked from the server; no GIL "
+                    "shared with the event loop; one torch thread; it ignores SIGINT and "
+                    "SIGTERM and stops with the server), or a thread of the server. auto: the "
+                    "process on the CPU (Linux), the thread on a GPU.")
+    prefill_chunk: int = Field(
+        128, ge=1, le=100_000,
+        description="Prompt characters read per generation turn: a long prompt is read in "
+                    "pieces between the steps of the running batch, so it delays running "
+                    "streams by one piece's time.")
     stream_flush_ms: float = Field(
         20.0, ge=0, le=1000,
         description="Least time between two writes to one token stream after its first token: "

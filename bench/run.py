@@ -53,14 +53,10 @@ def _rss_mb(pid: int) -> float:
 
 
 def _pss_mb(pid: int) -> float:
-    """Proportional set size of the server and its child processes (generation workers):
-    pages they share, the model's weights among them, counted once between them."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            pids += [int(p) for p in (task / "children").read_text().split()]
+    """Proportional set size of the server and its descendants (the fork server and the
+    generation workers): pages they share, torch's among them, counted once between them."""
     total = 0.0
-    for p in pids:
+    for p in [pid, *_children(pid)]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -71,14 +67,14 @@ def _pss_mb(pid: int) -> float:
 class Server:
     """The real server in a subprocess, with its start-up time and memory."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path = ROOT) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
+            cwd=cwd, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while True:
             try:
@@ -110,11 +106,12 @@ class Server:
 
 
 def _children(pid: int) -> list[int]:
-    """The processes `pid`'s threads forked (a generation worker)."""
+    """Every process below `pid`: the fork server and the generation workers it started."""
     pids: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            pids += [int(p) for p in (task / "children").read_text().split()]
+            for child in (int(p) for p in (task / "children").read_text().split()):
+                pids += [child, *_children(child)]
     return pids
 
 

@@ -177,12 +177,15 @@ class CharLM(nn.Module):
         out, state = self.rnn(emb, state)  # B T H
         return self.head(self.dropout(out)), state
 
-    def prefill(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, State]:
-        """Read right-padded prompts ids [B, T] of `lengths` [B]; return the logits [B, V] after
-        each row's last token and the state there (padding never reaches a row's state)."""
+    def prefill(self, ids: Tensor, lengths: Tensor,
+                state: State | None = None) -> tuple[Tensor, State]:
+        """Read right-padded prompts ids [B, T] of `lengths` [B], starting from `state` (zeros
+        when None: a prompt's beginning); return the logits [B, V] after each row's last token
+        and the state there (padding never reaches a row's state). Reading a prompt in pieces,
+        each from the state the last left, is reading it whole."""
         tokens, batch_sizes, order, _ = _pack_ids(ids, lengths)
         emb = self.embedding(tokens)  # N E
-        _, state = self.rnn(PackedSequence(emb, batch_sizes, order, order.argsort()))
+        _, state = self.rnn(PackedSequence(emb, batch_sizes, order, order.argsort()), state)
         top = state[0][-1] if isinstance(state, tuple) else state[-1]  # B H
         return self.head(top), state
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import math
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from app.deps import unless_disconnected
 from app.entry import ModelEntry
 from app.errors import DeadlineExceeded, InvalidInput, ServiceError
-from app.generation import GenerationJob, TokenEvent, default_seed
+from app.generation import Generation, TokenEvent
 from app.registry import Registry
 from app.schemas import (
     GenerateDetails,
@@ -32,7 +33,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-st
 
 
 def _start(body: GenerateRequest, registry: Registry, settings: Settings
-           ) -> tuple[ModelEntry, GenerationJob]:
+           ) -> tuple[ModelEntry, Generation]:
     params = body.parameters
     if len(body.inputs) > settings.max_input_chars:
         raise InvalidInput(f"inputs has {len(body.inputs)} characters; the limit is "
@@ -45,23 +46,26 @@ def _start(body: GenerateRequest, registry: Registry, settings: Settings
     entry = registry.get(body.model, "generate")
     assert entry.generator is not None and entry.artifact is not None
     temperature, top_k, top_p, penalty = params.sampling()
-    job = GenerationJob(
-        prompt_ids=entry.artifact.tokenizer.encode(body.inputs, add_special_tokens=False).ids,
-        max_new_tokens=params.max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        repetition_penalty=penalty, seed=params.seed if params.seed is not None else default_seed(),
-        stop=params.stop, loop=asyncio.get_running_loop())
-    entry.generator.submit(job)
+    job = entry.generator.submit(
+        entry.artifact.tokenizer.encode(body.inputs, add_special_tokens=False).ids,
+        params.max_new_tokens, temperature, top_k, top_p, penalty,
+        params.seed if params.seed is not None else default_seed(), params.stop)
     return entry, job
 
 
-async def _next(job: GenerationJob) -> TokenEvent:
+def default_seed() -> int:
+    """A fresh random seed for a request that gave none."""
+    return secrets.randbelow(2**53)
+
+
+async def _next(job: Generation) -> TokenEvent:
     event = await job.events.get()
     if isinstance(event, BaseException):
         raise event
     return event
 
 
-async def _first(job: GenerationJob, timeout_s: float) -> TokenEvent:
+async def _first(job: Generation, timeout_s: float) -> TokenEvent:
     """The first token; 504 when the job is still waiting for a place at its deadline."""
     try:
         return await asyncio.wait_for(_next(job), timeout_s)
@@ -77,7 +81,7 @@ def _token(event: TokenEvent) -> Token:
     return Token(id=event.id, text=event.text, logprob=event.logprob)
 
 
-async def _collect(job: GenerationJob, first: TokenEvent, details: bool) -> GenerateResponse:
+async def _collect(job: Generation, first: TokenEvent, details: bool) -> GenerateResponse:
     """The whole answer. The request wakes once, when its last token (or an error) has
     arrived, not once per token."""
     await _pause(job, None)
@@ -103,7 +107,7 @@ def _number(value: float) -> str:
     return repr(value) if math.isfinite(value) else json.dumps(value)
 
 
-def _event(event: TokenEvent, job: GenerationJob, text: list[str]) -> str:
+def _event(event: TokenEvent, job: Generation, text: list[str]) -> str:
     """One server-sent event in TGI's StreamResponse shape. Written by hand: this runs once
     per token per stream on the event loop, and json.dumps of the dict cost several times more."""
     head = (f'data: {{"index":{event.index},"token":{{"id":{event.id},'
@@ -117,7 +121,7 @@ def _event(event: TokenEvent, job: GenerationJob, text: list[str]) -> str:
             f'{json.dumps(details, separators=(",", ":"))}}}\n\n')
 
 
-async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> AsyncIterator[str]:
+async def _stream(job: Generation, first: TokenEvent, flush_s: float) -> AsyncIterator[str]:
     """The job's events as SSE text. The first token goes out at once; after that a stream is
     written at most every `flush_s`, with every token that arrived meanwhile in one write. A
     write (waking the stream's task, Starlette's send chain, the socket call) costs the event
@@ -154,7 +158,7 @@ async def _stream(job: GenerationJob, first: TokenEvent, flush_s: float) -> Asyn
         job.cancel()  # a client that left is dropped at the next step
 
 
-async def _pause(job: GenerationJob, seconds: float | None) -> None:
+async def _pause(job: Generation, seconds: float | None) -> None:
     """Wait `seconds` (None: no limit), or less if the job ends meanwhile: its last token is
     not held back."""
     if job.ended:
@@ -175,7 +179,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _ready(job: GenerationJob) -> TokenEvent | BaseException | None:
+def _ready(job: Generation) -> TokenEvent | BaseException | None:
     """The job's next event (or error) if it has already arrived, else None."""
     try:
         return job.events.get_nowait()

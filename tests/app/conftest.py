@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import os
 import shutil
 import socket
@@ -62,32 +62,59 @@ def slowed(engine: Any, seconds: float) -> Iterator[None]:
         engine.run_batch = real
 
 
+class SlowStep:
+    """Wraps a generation step so that it takes `seconds` longer (picklable: a worker process
+    applies it to its own model)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def slow(*args: Any) -> Any:
+            time.sleep(self.seconds)
+            return real(*args)
+        return slow
+
+
+class FailingStep:
+    """Wraps a generation step so that every `every`-th call raises (counted by the process
+    that steps: the server's thread, or the worker)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def __call__(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        calls = [0]
+
+        def failing(*args: Any) -> Any:
+            calls[0] += 1
+            if calls[0] % self.every == 0:
+                raise RuntimeError("secret step failure")
+            return real(*args)
+        return failing
+
+
+def on_server_loop(generator: Any, coroutine: Any) -> Any:
+    """Run a coroutine on the event loop of the server `generator` belongs to, and wait."""
+    return asyncio.run_coroutine_threadsafe(coroutine, generator.loop).result(timeout=120)
+
+
 @contextmanager
-def patched_steps(generator: Any, step: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """Run a scheduler's generation steps through `step(real, *args)` for the duration; a
-    worker process is re-forked, so that its copy of the model has the patch too."""
-    net = generator.net
-    real = net.step
-    net.step = functools.partial(step, real)
-    restart = getattr(generator, "restart", None)
+def patched_steps(generator: Any, wrapper: Callable[..., Any]) -> Iterator[None]:
+    """Run a generator's steps through `wrapper(real_step)` for the duration: its engine is
+    restarted with the wrapper, and restarted plain afterwards."""
+    on_server_loop(generator, generator.restart(wrapper))
     try:
-        if restart is not None:
-            restart()
-        yield real
+        yield
     finally:
-        net.step = real
-        if restart is not None:
-            restart()
+        on_server_loop(generator, generator.restart())
 
 
 @contextmanager
 def slowed_steps(generator: Any, seconds: float) -> Iterator[None]:
-    """Make each generation step of a scheduler take `seconds` longer, so that concurrent
+    """Make each generation step of a generator take `seconds` longer, so that concurrent
     requests overlap however fast or slow the machine is."""
-    def slow(real: Callable[..., Any], *args: Any) -> Any:
-        time.sleep(seconds)
-        return real(*args)
-    with patched_steps(generator, slow):
+    with patched_steps(generator, SlowStep(seconds)):
         yield
 
 

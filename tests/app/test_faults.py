@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import patched_steps, running_server, slowed_steps
+from tests.app.conftest import FailingStep, patched_steps, running_server, slowed_steps
 
 
 def _break(folder: Path, how: str) -> None:
@@ -111,15 +111,7 @@ def test_exception_in_a_generation_step_fails_that_batch_and_generation_goes_on(
         live: tuple[str, Any]) -> None:
     url, registry = live
     generator = registry.entries["shakespeare"].generator
-    calls = {"n": 0}  # counted by the process that steps: this one, or a worker forked with it
-
-    def failing_every_third(real: Any, *args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] % 3 == 0:
-            raise RuntimeError("secret step failure")
-        return real(*args)
-
-    with patched_steps(generator, failing_every_third):
+    with patched_steps(generator, FailingStep(3)):
         with httpx.stream("POST", f"{url}/generate_stream", json={
                 "inputs": "ROMEO:", "parameters": {"max_new_tokens": 20}}) as s:
             events = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]

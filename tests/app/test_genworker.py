@@ -1,6 +1,6 @@
-"""Generation in a worker process (RNN_GENERATION_WORKER=process), through a real uvicorn:
-the same answers as the thread scheduler, batching across requests, a client that leaves,
-a worker that dies, and a shutdown that leaves no process behind."""
+"""The two transports of the generation engine through a real uvicorn: the same text and the
+same metrics from a thread and from a worker process, batching across requests, a client
+that leaves, a worker that dies, and a worker that is never forked from the server."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import httpx
 import pytest
 import torch
 
-from app.entry import scheduler_kind
-from app.generation import GenerationScheduler
-from app.genworker import ProcessScheduler
+from app.generation import transport_kind
+from app.generation.process import ProcessTransport
+from app.generation.service import Generator
 from app.main import create_app
 from app.registry import Registry
 from app.settings import Settings
@@ -34,24 +34,25 @@ def _body(seed: int, n: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def worker_server(models_dir: Path) -> Iterator[tuple[str, ProcessScheduler]]:
+def worker_server(models_dir: Path) -> Iterator[tuple[str, Generator]]:
     app = create_app(Settings(models_dir=models_dir, generation_worker="process"))
     with running_server(app) as url:
         registry: Registry = app.state.registry
         generator = registry.entries["shakespeare"].generator
-        assert isinstance(generator, ProcessScheduler)
+        assert generator is not None and isinstance(generator.transport, ProcessTransport)
+        pid = generator.transport.pid
         yield url, generator
-    assert not _alive(generator.pid), "the worker outlived the server"
+    assert not _alive(pid), "the worker outlived the server"
 
 
-def test_auto_forks_a_worker_on_the_cpu_and_keeps_the_thread_on_a_gpu() -> None:
+def test_auto_runs_a_worker_process_on_the_cpu_and_the_thread_on_a_gpu() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
     assert Settings().generation_worker == "auto"
-    assert scheduler_kind("auto", cpu) is ProcessScheduler  # the test machines run Linux
-    assert scheduler_kind("process", cpu) is ProcessScheduler
-    assert scheduler_kind("thread", cpu) is GenerationScheduler
-    for setting in ("auto", "process", "thread"):  # CUDA cannot be used in a forked child
-        assert scheduler_kind(setting, gpu) is GenerationScheduler
+    assert transport_kind("auto", cpu) == "process"  # the test machines run Linux
+    assert transport_kind("process", cpu) == "process"
+    assert transport_kind("thread", cpu) == "thread"
+    for setting in ("auto", "process", "thread"):
+        assert transport_kind(setting, gpu) == "thread"
 
 
 def _alive(pid: int) -> bool:
@@ -62,116 +63,142 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_the_worker_answers_as_the_thread_scheduler_does(
-        models_dir: Path, worker_server: tuple[str, ProcessScheduler]) -> None:
+def _families(metrics: str) -> dict[str, float]:
+    """The generation metric samples of the shakespeare model, by name."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if 'model="shakespeare"' in line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+    return out
+
+
+def test_both_transports_give_the_same_text_and_the_same_metrics(
+        models_dir: Path, worker_server: tuple[str, Generator]) -> None:
     url, generator = worker_server
-    assert generator.pid != os.getpid() and _alive(generator.pid)
+    assert isinstance(generator.transport, ProcessTransport)
+    assert generator.transport.pid != os.getpid() and _alive(generator.transport.pid)
     seeds = range(4)
+    before = _families(httpx.get(f"{url}/metrics").text)
     from_worker = {s: httpx.post(f"{url}/generate", json=_body(s, 60), timeout=30).json()
                    for s in seeds}
+    worker_metrics = _families(httpx.get(f"{url}/metrics").text)
     thread_app = create_app(Settings(models_dir=models_dir, generation_worker="thread"))
     with running_server(thread_app) as thread_url:
-        from_thread = {s: httpx.post(f"{thread_url}/generate", json=_body(s, 60), timeout=30).json()
-                       for s in seeds}
+        thread_before = _families(httpx.get(f"{thread_url}/metrics").text)
+        from_thread = {s: httpx.post(f"{thread_url}/generate", json=_body(s, 60),
+                                     timeout=30).json() for s in seeds}
+        thread_metrics = _families(httpx.get(f"{thread_url}/metrics").text)
     assert from_worker == from_thread
+    assert set(worker_metrics) == set(thread_metrics)
+    for name in ("rnn_queue_wait_seconds_count", "rnn_time_to_first_token_seconds_count"):
+        assert worker_metrics[name] - before.get(name, 0) == 4, name
+        assert thread_metrics[name] - thread_before.get(name, 0) == 4, name
+    tokens = "rnn_generated_tokens_total"
+    assert worker_metrics[tokens] - before.get(tokens, 0) == 240
     with httpx.stream("POST", f"{url}/generate_stream", json=_body(1, 20), timeout=30) as r:
         events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
     assert [e["index"] for e in events] == list(range(20))
     assert events[-1]["generated_text"] == from_worker[1]["generated_text"][:20]
-    metrics = httpx.get(f"{url}/metrics").text
-    assert 'rnn_generated_tokens_total{model="shakespeare"}' in metrics
 
 
 def test_concurrent_requests_share_the_workers_steps(
-        worker_server: tuple[str, ProcessScheduler]) -> None:
+        worker_server: tuple[str, Generator]) -> None:
     url, generator = worker_server
 
     async def run() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             alone = {s: (await http.post("/generate", json=_body(s, 100 + s))).json()
                      for s in range(6)}
-            steps_before = generator.steps_run
-            together = await asyncio.gather(*(http.post("/generate", json=_body(s % 6, 100 + s % 6))
-                                              for s in range(24)))
-            steps = generator.steps_run - steps_before
+            with slowed_steps(generator, 0.001):  # sequences overlap on any machine
+                steps_before = generator.steps_run
+                together = await asyncio.gather(*(http.post("/generate", json=_body(s % 6, 100 + s % 6))
+                                                  for s in range(24)))
+                steps = generator.steps_run - steps_before
             assert all(r.json() == alone[s % 6] for s, r in enumerate(together))
             assert steps < 24 * 100 / 3, steps  # run together, not one by one
 
-    with slowed_steps(generator, 0.001):  # sequences overlap on any machine
-        generator.restart()  # a worker forked now runs the slowed steps
-        try:
-            asyncio.run(run())
-        finally:
-            generator.restart()
+    asyncio.run(run())
 
 
 def test_a_client_that_leaves_is_dropped_and_a_dead_worker_is_replaced(
-        worker_server: tuple[str, ProcessScheduler]) -> None:
+        worker_server: tuple[str, Generator]) -> None:
     url, generator = worker_server
+    transport = generator.transport
+    assert isinstance(transport, ProcessTransport)
     body = {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 1024, "seed": 1,
                                                "temperature": 1.0}}
     with slowed_steps(generator, 0.002):
-        generator.restart()
-        try:
-            with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=30) as r:
-                for n, _ in enumerate(line for line in r.iter_lines() if line.startswith("data:")):
-                    if n == 4:
-                        break
-            deadline = time.monotonic() + 5
-            while (generator.active or generator.jobs) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert generator.active == 0 and not generator.jobs
+        with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=30) as r:
+            for n, _ in enumerate(line for line in r.iter_lines() if line.startswith("data:")):
+                if n == 4:
+                    break
+        deadline = time.monotonic() + 5
+        while (generator.active or generator.requests) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert generator.active == 0 and not generator.requests
 
-            old = generator.pid
-            with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=30) as r:
-                lines = r.iter_lines()
-                first = next(line for line in lines if line.startswith("data:"))
-                assert json.loads(first[5:])["index"] == 0
-                os.kill(old, signal.SIGKILL)
-                rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
-            assert rest[-1]["error_type"] == "Overloaded" and "retry" in rest[-1]["error"]
-        finally:
-            generator.restart()
-    deadline = time.monotonic() + 5
-    while generator.pid == old and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert generator.pid != old and not _alive(old)
+        old = transport.pid
+        with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data:"))
+            assert json.loads(first[5:])["index"] == 0
+            os.kill(old, signal.SIGKILL)
+            rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+        assert rest[-1]["error_type"] == "Overloaded" and "retry" in rest[-1]["error"]
+        deadline = time.monotonic() + 30
+        while (transport.pid == old or generator.waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert transport.pid != old and not _alive(old)
     r = httpx.post(f"{url}/generate", json=_body(2, 30), timeout=30)
     assert r.status_code == 200 and len(r.json()["generated_text"]) == 30
 
 
 def test_a_burst_of_long_prompts_is_buffered_not_blocking_the_event_loop(
-        worker_server: tuple[str, ProcessScheduler]) -> None:
-    """The child reads its messages between steps. While it is inside a long step, more than
-    the socket's buffer of prompts waits in the server's own buffer, and the event loop goes
-    on answering; a blocking write would have stalled it until the step ended."""
+        worker_server: tuple[str, Generator]) -> None:
+    """The worker reads its messages between turns. While it is inside a long step, more
+    than the socket's buffer of prompts waits in the server's own buffer, and the event loop
+    goes on answering; a blocking write would have stalled it until the step ended."""
     url, generator = worker_server
+    transport = generator.transport
+    assert isinstance(transport, ProcessTransport)
     prompt = ("ROMEO:\nBut soft, what light through yonder window breaks? " * 70)[:4000]
     results: list[int] = []
 
     async def burst() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
             replies = await asyncio.gather(*(http.post("/generate", json={
                 "inputs": prompt, "parameters": {"max_new_tokens": 1, "seed": s}})
                 for s in range(80)))
             results.extend(r.status_code for r in replies)
 
-    with slowed_steps(generator, 1.0):
-        generator.restart()
-        try:
-            with httpx.stream("POST", f"{url}/generate_stream", timeout=60, json={
-                    "inputs": "ROMEO:", "parameters": {"max_new_tokens": 4}}) as r:
-                lines = r.iter_lines()
-                next(line for line in lines if line.startswith("data:"))  # now in slow steps
-                sender = threading.Thread(target=asyncio.run, args=(burst(),))
-                sender.start()
-                deadline = time.monotonic() + 5
-                while not generator._writing and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                assert generator._writing, "the prompts fitted the socket: make them longer"
-                assert httpx.get(f"{url}/health/live", timeout=0.9).status_code == 200
-                list(lines)
-                sender.join(timeout=60)
-        finally:
-            generator.restart()
+    with slowed_steps(generator, 1.0), httpx.stream("POST", f"{url}/generate_stream", timeout=60, json={
+            "inputs": "ROMEO:", "parameters": {"max_new_tokens": 4}}) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data:"))  # now in slow steps
+        sender = threading.Thread(target=asyncio.run, args=(burst(),))
+        sender.start()
+        deadline = time.monotonic() + 5
+        while not transport._writing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert transport._writing, "the prompts fitted the socket: make them longer"
+        assert httpx.get(f"{url}/health/live", timeout=0.9).status_code == 200
+        list(lines)
+        sender.join(timeout=120)
     assert results == [200] * 80
+
+
+def test_the_worker_is_never_forked_from_the_server(
+        models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forking a multi-threaded server may deadlock the child (Python 3.12 warns on it): the
+    worker comes from the fork server, a clean process, so the server never calls fork."""
+    def no_fork() -> int:
+        raise AssertionError("the server forked")
+    monkeypatch.setattr(os, "fork", no_fork)
+    app = create_app(Settings(models_dir=models_dir, generation_worker="process"))
+    with running_server(app) as url:
+        generator = app.state.registry.entries["shakespeare"].generator
+        r = httpx.post(f"{url}/generate", json=_body(1, 10), timeout=60)
+        assert r.status_code == 200 and len(r.json()["generated_text"]) == 10
+        assert isinstance(generator.transport, ProcessTransport)
+        assert generator.transport.pid not in (0, os.getpid())

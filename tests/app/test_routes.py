@@ -10,7 +10,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.generation import GenerationJob, TokenEvent
+from app.generation import Generation, TokenEvent
+from app.generation.messages import GenerationSpec
 from app.main import create_app
 from app.routes.generate import _collect, _event, _stream
 from app.schemas import StreamResponse
@@ -197,7 +198,7 @@ def test_the_classify_fast_path_answers_as_the_route_does(client: TestClient) ->
 
 
 def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
-    job = GenerationJob([1], 5, 1.0, 0, 1.0, 1.0, 7, [], loop=None)  # type: ignore[arg-type]
+    job = _job(5)
     text: list[str] = []
     for i, (piece, logprob) in enumerate([('"', -0.25), ("\\", -1e-7), ("\n", float("-inf")),
                                           ("é", -3.0), ("\u2028", float("nan"))]):
@@ -213,8 +214,12 @@ def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
         assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
 
 
-async def _feed(job: GenerationJob, events: list[TokenEvent], gap_s: float) -> None:
-    """Hand the job its events `gap_s` apart, as the schedulers do (`GenerationJob.put`)."""
+def _job(max_new_tokens: int) -> Generation:
+    return Generation(GenerationSpec(0, (1,), max_new_tokens, seed=7), cancel_hook=lambda _: None)
+
+
+async def _feed(job: Generation, events: list[TokenEvent], gap_s: float) -> None:
+    """Hand the job its events `gap_s` apart, as the generator does (`Generation.put`)."""
     for event in events:
         await asyncio.sleep(gap_s)
         job.put(event)
@@ -227,7 +232,7 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
     own event, in the same bytes as written one per token. The last one is not held back."""
     async def run() -> tuple[list[str], list[float]]:
         loop = asyncio.get_running_loop()
-        job = GenerationJob([1], 40, 1.0, 0, 1.0, 1.0, 7, [], loop=loop)
+        job = _job(40)
         events = [TokenEvent(i, 40 + i % 5, "ab"[i % 2], -0.5, "length" if i == 39 else None)
                   for i in range(40)]
 
@@ -256,8 +261,7 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
 
 def test_a_whole_answer_wakes_its_request_once_not_once_per_token() -> None:
     async def run() -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        job = GenerationJob([1], 30, 1.0, 0, 1.0, 1.0, 7, [], loop=loop)
+        job = _job(30)
         events = [TokenEvent(i, 40, "ab"[i % 2], -0.5, "length" if i == 29 else None)
                   for i in range(30)]
         waits = 0

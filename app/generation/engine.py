@@ -1,0 +1,266 @@
+"""The generation engine: continuous batching for one language model, as a plain object.
+
+`add(spec)` queues a request, `cancel(id)` drops it, and each `turn()` does one round of work
+and returns what it produced. A turn steps every running sequence by one token in one
+batched cell step, then reads one chunk of every prompt being prefilled, so a long prompt
+delays the running streams by one chunk's time, not by its whole length. A prompt that is
+fully read samples its first token and joins the running batch. Each row samples with its
+own parameters and its own seed's random numbers, so a text never depends on its batch mates.
+
+Nothing here knows about threads, event loops, HTTP or metrics: the transports
+(`app.generation.thread`, `app.generation.process`) run it with `messages.drive`, carrying
+specs in and turns out, and the server records what a turn says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from app.generation.messages import Failure, GenerationSpec, Turn
+from textrnn.artifact import Artifact
+from textrnn.inference import pad_batch
+from textrnn.nets import CharLM, State, concat_states, index_state
+from textrnn.sampling import RowParams, choose_tokens, uniform_table
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+
+class _Seq:
+    """A request being generated: its spec and how far it has come."""
+
+    __slots__ = ("generated", "read", "spec", "tail", "uniforms")
+
+    def __init__(self, spec: GenerationSpec) -> None:
+        self.spec = spec
+        self.read = 0  # prompt tokens prefilled so far
+        self.generated = 0
+        self.tail = ""  # the end of its text, as long as the longest stop sequence
+        self.uniforms: list[float] = []  # one random number per token, drawn at admission
+
+
+@dataclass
+class _Rows:
+    """A group of sequences with their recurrent state, one row each."""
+
+    seqs: list[_Seq] = field(default_factory=list)
+    state: State | None = None
+    last: Tensor | None = None  # B: each row's last token (the running batch's)
+    seen: Tensor | None = None  # B V: tokens each row has seen (the repetition penalty's)
+    params: RowParams | None = None
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only the given rows, in order."""
+        if len(rows) == len(self.seqs):
+            return
+        if not rows:
+            self.__init__()  # type: ignore[misc]
+            return
+        assert self.state is not None
+        index = torch.tensor(rows, dtype=torch.long, device=_device(self.state))
+        self.seqs = [self.seqs[i] for i in rows]
+        self.state = index_state(self.state, index)
+        if self.last is not None and self.seen is not None and self.params is not None:
+            self.last, self.seen = self.last.index_select(0, index), self.seen.index_select(0, index)
+            self.params = self.params.rows(index)
+
+
+def _device(state: State) -> torch.device:
+    return state[0].device if isinstance(state, tuple) else state.device
+
+
+class Engine:
+    """Continuous batching for one language model; see the module's docstring."""
+
+    def __init__(self, net: CharLM, texts: list[str], unk: int, max_active: int,
+                 prefill_chunk: int = 128, clock: Callable[[], float] = time.monotonic) -> None:
+        self.net, self.texts, self.unk = net, texts, unk
+        self.max_active, self.prefill_chunk, self.clock = max_active, prefill_chunk, clock
+        self.device = net.head.weight.device
+        self.step = net.step  # a transport may wrap it (fault injection, slowed steps)
+        self._queue: deque[GenerationSpec] = deque()
+        self._cancelled: set[int] = set()
+        self._prefilling = _Rows()
+        self._running = _Rows()
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, max_active: int, prefill_chunk: int) -> Engine:
+        """The engine of a loaded language model folder."""
+        assert isinstance(artifact.net, CharLM)
+        vocab = artifact.tokenizer.get_vocab()
+        texts = [""] * artifact.net_config.vocab_size
+        for token, i in vocab.items():
+            texts[i] = token
+        return cls(artifact.net, texts, vocab.get("<unk>", 0), max_active, prefill_chunk)
+
+    @property
+    def idle(self) -> bool:
+        """Whether a turn would have nothing to do."""
+        return not (self._queue or self._prefilling.seqs or self._running.seqs)
+
+    def add(self, spec: GenerationSpec) -> None:
+        """Queue a request."""
+        self._queue.append(spec)
+
+    def cancel(self, request: int) -> None:
+        """Drop a request, queued or running, before the next turn's work."""
+        self._cancelled.add(request)
+
+    def turn(self) -> Turn:
+        """Admit, step the running batch, prefill one chunk; what happened. A failing step
+        fails the requests it held, never the engine."""
+        turn = Turn()
+        self._drop_cancelled()
+        self._admit(turn)
+        try:
+            if self._running.seqs:
+                self._step(turn)
+            if self._prefilling.seqs:
+                self._prefill(turn)
+        except Exception as exc:
+            log.exception("generation step failed")
+            for seq in self._prefilling.seqs + self._running.seqs:
+                turn.failures.append(Failure(seq.spec.id, "error", f"{type(exc).__name__}: {exc}"))
+            self._prefilling, self._running = _Rows(), _Rows()
+        turn.active = len(self._prefilling.seqs) + len(self._running.seqs)
+        turn.waiting = len(self._queue)
+        return turn
+
+    def _drop_cancelled(self) -> None:
+        if not self._cancelled:
+            return
+        gone = self._cancelled
+        self._queue = deque(s for s in self._queue if s.id not in gone)
+        for rows in (self._prefilling, self._running):
+            rows.keep([i for i, seq in enumerate(rows.seqs) if seq.spec.id not in gone])
+        self._cancelled = set()
+
+    def _admit(self, turn: Turn) -> None:
+        now = self.clock()
+        new: list[_Seq] = []
+        busy = len(self._prefilling.seqs) + len(self._running.seqs)
+        while self._queue and busy + len(new) < self.max_active:
+            spec = self._queue.popleft()
+            if now > spec.deadline:
+                turn.failures.append(Failure(spec.id, "deadline", f"request waited "
+                                             f"{now - spec.enqueued:.1f} s, past its deadline"))
+                continue
+            turn.admitted.append((spec.id, now - spec.enqueued))
+            new.append(_Seq(spec))
+        if not new:
+            return
+        # Each request's random numbers, one per token, drawn now: a step then needs one
+        # small tensor for them instead of hashing seeds and steps.
+        seeds = torch.tensor([q.spec.seed for q in new], dtype=torch.long)
+        table = uniform_table(seeds, max(q.spec.max_new_tokens for q in new)).tolist()
+        for seq, row in zip(new, table, strict=True):
+            seq.uniforms = row[:seq.spec.max_new_tokens]
+        state = self.net.initial_state(len(new), self.device)
+        group = self._prefilling
+        group.seqs = group.seqs + new
+        group.state = state if group.state is None else concat_states([group.state, state])
+
+    def _prefill(self, turn: Turn) -> None:
+        """Read the next chunk of every prompt being prefilled; prompts read to the end
+        sample their first token and join the running batch."""
+        group, chunk = self._prefilling, self.prefill_chunk
+        assert group.state is not None
+        pieces = [list(q.spec.prompt_ids[q.read:q.read + chunk]) or [self.unk]
+                  for q in group.seqs]
+        ids, lengths = pad_batch(pieces, self.device)  # B T
+        logits, group.state = self.net.prefill(ids, lengths, group.state)  # B V
+        for seq, piece in zip(group.seqs, pieces, strict=True):
+            seq.read += len(piece)
+        done = [i for i, q in enumerate(group.seqs) if q.read >= len(q.spec.prompt_ids)]
+        if not done:
+            return
+        index = torch.tensor(done, dtype=torch.long, device=self.device)
+        seqs = [group.seqs[i] for i in done]
+        state = index_state(group.state, index)
+        finished = set(done)
+        group.keep([i for i in range(len(group.seqs)) if i not in finished])
+        self._join(seqs, state, logits.index_select(0, index), turn)
+
+    def _join(self, seqs: list[_Seq], state: State, logits: Tensor, turn: Turn) -> None:
+        """Add prefilled sequences to the running batch with their first tokens."""
+        specs = [q.spec for q in seqs]
+        params = RowParams(
+            torch.tensor([s.temperature for s in specs], device=self.device),
+            torch.tensor([s.top_k for s in specs], dtype=torch.long, device=self.device),
+            torch.tensor([s.top_p for s in specs], device=self.device),
+            torch.tensor([s.repetition_penalty for s in specs], device=self.device),
+            torch.tensor([s.seed for s in specs], dtype=torch.long, device=self.device))
+        seen = torch.zeros(len(seqs), len(self.texts), dtype=torch.bool, device=self.device)
+        for row, spec in enumerate(specs):
+            seen[row, list(spec.prompt_ids)] = True
+        last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
+        batch = self._running
+        start = len(batch.seqs)
+        if not batch.seqs:
+            batch.seqs, batch.state, batch.last, batch.seen, batch.params = (
+                seqs, state, last, seen, params)
+        else:
+            assert batch.state is not None and batch.last is not None
+            assert batch.seen is not None and batch.params is not None
+            batch.seqs = batch.seqs + seqs
+            batch.state = concat_states([batch.state, state])
+            batch.last, batch.seen = torch.cat([batch.last, last]), torch.cat([batch.seen, seen])
+            batch.params = RowParams.cat([batch.params, params])
+        self._sample(logits, range(start, start + len(seqs)), turn)
+
+    def _step(self, turn: Turn) -> None:
+        batch = self._running
+        assert batch.last is not None
+        logits, batch.state = self.step(batch.last, batch.state)  # B V
+        turn.rows = len(batch.seqs)
+        self._sample(logits, range(len(batch.seqs)), turn)
+
+    def _sample(self, logits: Tensor, rows: range, turn: Turn) -> None:
+        """Sample the given rows of the running batch from `logits` (one row each), record
+        the tokens in `turn`, and retire the rows that finished."""
+        batch = self._running
+        assert batch.params is not None and batch.seen is not None and batch.last is not None
+        params = batch.params
+        if len(rows) != len(batch.seqs):
+            params = params.rows(torch.arange(rows.start, rows.stop, device=self.device))
+        seqs = batch.seqs[rows.start:rows.stop]
+        uniforms = torch.tensor([q.uniforms[q.generated] for q in seqs], device=self.device)
+        # Seen tokens matter only to rows with a repetition penalty, and a row's penalty is
+        # fixed: without one in the batch, the marks are neither read nor kept.
+        seen = batch.seen[rows.start:rows.stop] if params.uses.penalty else None
+        ids, logprobs = choose_tokens(logits, params, None, seen, banned=self.unk,
+                                      uniforms=uniforms)
+        if seen is not None:
+            seen[torch.arange(len(rows), device=self.device), ids] = True
+        batch.last[rows.start:rows.stop] = ids
+        keep = list(range(rows.start))
+        for row, seq, token, logprob in zip(rows, seqs, ids.tolist(), logprobs.tolist(),
+                                            strict=True):
+            turn.requests.append(seq.spec.id)
+            turn.tokens.append(token)
+            turn.logprobs.append(logprob)
+            seq.generated += 1
+            reason = self._finish_reason(seq, self.texts[token])
+            if reason is None:
+                keep.append(row)
+            else:
+                turn.finished[seq.spec.id] = reason
+        batch.keep(keep + list(range(rows.stop, len(batch.seqs))))
+
+    @staticmethod
+    def _finish_reason(seq: _Seq, text: str) -> str | None:
+        stop = seq.spec.stop
+        if stop:
+            longest = max(len(s) for s in stop)
+            seq.tail = (seq.tail + text)[-longest:]
+            if any(seq.tail.endswith(s) for s in stop):
+                return "stop_sequence"
+        return "length" if seq.generated >= seq.spec.max_new_tokens else None

@@ -1,0 +1,85 @@
+"""What goes into the generation engine and what comes out: request specs, cancellations
+and turns (plain, picklable values), and `drive`, the loop a transport runs the engine with."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from app.generation.engine import Engine
+
+__all__ = ["Command", "Failure", "GenerationSpec", "Turn", "drive"]
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One request: its prompt, sampling parameters and deadline (immutable, picklable)."""
+
+    id: int
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # 1: off
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    enqueued: float = 0.0  # time.monotonic() at arrival (one clock for every process)
+    deadline: float = math.inf  # a request still queued after this fails
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that ended without its tokens: it waited past its deadline, or a step failed."""
+
+    request: int
+    kind: Literal["deadline", "error"]
+    message: str
+
+
+@dataclass
+class Turn:
+    """What one turn produced, in columns: a token per entry of `requests`, `tokens` and
+    `logprobs` (in each request's order), and the reason for each request that ended."""
+
+    requests: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finished: dict[int, str] = field(default_factory=dict)  # request -> finish reason
+    failures: list[Failure] = field(default_factory=list)
+    admitted: list[tuple[int, float]] = field(default_factory=list)  # (request, seconds queued)
+    rows: int = 0  # rows in this turn's step (0: no step)
+    active: int = 0  # sequences running or prefilling after the turn
+    waiting: int = 0  # requests queued after the turn
+
+
+# What a transport hands the engine's loop: a request to add, the id of one to cancel.
+Command = GenerationSpec | int
+
+
+def drive(engine: Engine, receive: Callable[[bool], list[Command] | None],
+          emit: Callable[[Turn], None]) -> None:
+    """Run the engine until `receive` returns None: take the commands waiting (blocking for
+    them only while the engine is idle), then run a turn and `emit` it if it did anything."""
+    counts = (0, 0)  # (active, waiting) as last emitted
+    with torch.inference_mode():
+        while True:
+            commands = receive(engine.idle)
+            if commands is None:
+                return
+            for command in commands:
+                if isinstance(command, GenerationSpec):
+                    engine.add(command)
+                else:
+                    engine.cancel(command)
+            if not engine.idle:
+                turn = engine.turn()
+                if turn.requests or turn.failures or turn.admitted or (
+                        (turn.active, turn.waiting) != counts):
+                    counts = (turn.active, turn.waiting)
+                    emit(turn)

@@ -1,0 +1,209 @@
+"""The server's side of generation: requests in, tokens out, metrics at the boundary.
+
+`Generator` owns one model's transport (a thread or a worker process running the engine),
+turns a request into a `GenerationSpec`, and applies each `Turn` the transport hands back on
+the event loop: it gives every request its tokens, fails the ones that failed, and records
+the metrics, here and only here, whichever transport ran the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.errors import DeadlineExceeded, Overloaded
+from app.generation.messages import Command, GenerationSpec, Turn
+from app.metrics import (
+    ACTIVE_SEQUENCES,
+    BATCH_SIZE,
+    GENERATED_TOKENS,
+    QUEUE_DEPTH,
+    QUEUE_WAIT,
+    TIME_TO_FIRST_TOKEN,
+)
+
+__all__ = ["Generation", "GenerationFailed", "Generator", "TokenEvent", "Transport"]
+
+log = logging.getLogger(__name__)
+
+# Wraps a net's step function (fault injection and slowed steps in tests); picklable for the
+# worker process, which applies it to its own copy of the model.
+StepWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class GenerationFailed(Exception):
+    """A generation step failed on the server's side (a fault of the server, not the input)."""
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """One generated token; `finish_reason` is set on a request's last."""
+
+    index: int
+    id: int
+    text: str
+    logprob: float
+    finish_reason: str | None = None
+
+
+@dataclass(eq=False)
+class Generation:
+    """One request as the server sees it: its spec and the events that come back for it."""
+
+    spec: GenerationSpec
+    cancel_hook: Callable[[int], None]
+    events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
+    admitted: bool = False  # in the engine's batch: its first token is moments away
+    ended: bool = False  # its last event has arrived
+    generated: int = 0
+    waiter: asyncio.Future[None] | None = None  # a stream's pause, cut short by the end
+
+    @property
+    def seed(self) -> int:
+        """The seed the request samples with."""
+        return self.spec.seed
+
+    def cancel(self) -> None:
+        """Drop the request from the engine (its client left or gave up)."""
+        if not self.ended:
+            self.ended = True
+            self.cancel_hook(self.spec.id)
+
+    def put(self, event: TokenEvent | BaseException) -> None:
+        """Hand the request an event; its last token or an error wakes a paused stream."""
+        self.events.put_nowait(event)
+        if isinstance(event, BaseException) or event.finish_reason is not None:
+            self.ended = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+
+class Transport(Protocol):
+    """Runs an engine somewhere and carries commands in and turns out (on the event loop)."""
+
+    async def start(self, on_turn: Callable[[Turn], None], on_lost: Callable[[str], None],
+                    wrap_step: StepWrapper | None = None) -> None:
+        """Start the engine; returns once it can take requests."""
+
+    def send(self, command: Command) -> None:
+        """Hand the engine a request or a cancellation (on the event loop)."""
+
+    async def stop(self) -> None:
+        """Stop the engine after its current turn."""
+
+
+class Generator:
+    """One language model's generation: its transport, its requests, its metrics."""
+
+    def __init__(self, name: str, transport: Transport, texts: list[str], max_queue: int,
+                 timeout_s: float) -> None:
+        self.name, self.transport, self.texts = name, transport, texts
+        self.max_queue, self.timeout_s = max_queue, timeout_s
+        self.requests: dict[int, Generation] = {}
+        self.active = 0  # sequences in the engine's batch, as of its last turn
+        self.steps_run = 0
+        self._ids = itertools.count()
+        self._stopping = False
+        self._restarting: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
+
+    @property
+    def waiting(self) -> int:
+        """Requests sent to the engine and not yet in its batch."""
+        return max(0, len(self.requests) - self.active)
+
+    async def start(self, wrap_step: StepWrapper | None = None) -> None:
+        """Start the transport's engine."""
+        self._stopping = False
+        self.loop = asyncio.get_running_loop()
+        await self.transport.start(self._on_turn, self._on_lost, wrap_step)
+
+    async def stop(self) -> None:
+        """Stop the engine; unfinished requests get a 503."""
+        self._stopping = True
+        await self.transport.stop()
+        self._fail_all(Overloaded(f"model '{self.name}' is shutting down"))
+
+    async def restart(self, wrap_step: StepWrapper | None = None) -> None:
+        """Replace the engine with a fresh one (`wrap_step` applied to its net's steps);
+        unfinished requests get a 503."""
+        await self.stop()
+        await self.start(wrap_step)
+
+    def submit(self, prompt_ids: list[int], max_new_tokens: int, temperature: float,
+               top_k: int, top_p: float, repetition_penalty: float, seed: int,
+               stop: list[str]) -> Generation:
+        """Queue a request (on the event loop); `Overloaded` when too many wait."""
+        if self.waiting >= self.max_queue:
+            raise Overloaded(f"model '{self.name}' has {self.max_queue} generations waiting; "
+                             "retry later")
+        now = time.monotonic()
+        spec = GenerationSpec(next(self._ids), tuple(prompt_ids), max_new_tokens, temperature,
+                              top_k, top_p, repetition_penalty, seed, tuple(stop), now,
+                              now + self.timeout_s)
+        generation = Generation(spec, self._cancel)
+        self.requests[spec.id] = generation
+        self.transport.send(spec)
+        QUEUE_DEPTH.labels(self.name).set(self.waiting)
+        return generation
+
+    def _cancel(self, request: int) -> None:
+        if self.requests.pop(request, None) is not None:
+            self.transport.send(request)
+
+    def _on_turn(self, turn: Turn) -> None:
+        """Apply a turn (on the event loop): tokens, failures, metrics."""
+        name, requests, texts = self.name, self.requests, self.texts
+        now = time.monotonic()
+        for request, waited in turn.admitted:
+            QUEUE_WAIT.labels(name).observe(waited)
+            if (generation := requests.get(request)) is not None:
+                generation.admitted = True
+        for failure in turn.failures:
+            generation = requests.pop(failure.request, None)
+            if generation is not None:
+                generation.put(DeadlineExceeded(failure.message) if failure.kind == "deadline"
+                               else GenerationFailed(failure.message))
+        finished = turn.finished
+        for request, token, logprob in zip(turn.requests, turn.tokens, turn.logprobs,
+                                           strict=True):
+            generation = requests.get(request)
+            if generation is None:  # cancelled meanwhile
+                continue
+            if generation.generated == 0:
+                TIME_TO_FIRST_TOKEN.labels(name).observe(now - generation.spec.enqueued)
+            reason = finished.get(request)
+            generation.put(TokenEvent(generation.generated, token, texts[token], logprob, reason))
+            generation.generated += 1
+            if reason is not None:
+                del requests[request]
+        if turn.rows:
+            self.steps_run += 1
+            BATCH_SIZE.labels(name).observe(turn.rows)
+        if turn.requests:
+            GENERATED_TOKENS.labels(name).inc(len(turn.requests))
+        self.active = turn.active
+        ACTIVE_SEQUENCES.labels(name).set(turn.active)
+        QUEUE_DEPTH.labels(name).set(self.waiting)
+
+    def _on_lost(self, why: str) -> None:
+        """The engine's thread or process ended unasked: fail what it held, start another."""
+        if self._stopping:
+            return
+        log.error("generation engine of model %s lost (%s); %d requests failed; restarting",
+                  self.name, why, len(self.requests))
+        self._fail_all(Overloaded(f"model '{self.name}' lost its generation worker; retry"))
+        self._restarting = asyncio.get_running_loop().create_task(self.start())
+
+    def _fail_all(self, error: BaseException) -> None:
+        requests, self.requests = self.requests, {}
+        self.active = 0
+        for generation in requests.values():
+            generation.put(error)
+        ACTIVE_SEQUENCES.labels(self.name).set(0)
+        QUEUE_DEPTH.labels(self.name).set(0)

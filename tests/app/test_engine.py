@@ -1,0 +1,182 @@
+"""The generation engine driven turn by turn, with no server, thread or process: batched
+equals alone, seeds, cancellation, deadlines, stop sequences, length limits, chunked
+prefill, and a failing step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from app.generation.engine import Engine
+from app.generation.messages import GenerationSpec, Turn, drive
+from textrnn.artifact import Artifact, load_artifact
+
+
+@pytest.fixture(scope="module")
+def artifact(models_dir: Path) -> Artifact:
+    return load_artifact(models_dir / "shakespeare", torch.device("cpu"), "float16")
+
+
+@pytest.fixture(autouse=True)
+def _inference() -> Iterator[None]:
+    with torch.inference_mode():
+        yield
+
+
+def _engine(artifact: Artifact, max_active: int = 64, chunk: int = 128,
+            clock: Callable[[], float] | None = None) -> Engine:
+    engine = Engine.from_artifact(artifact, max_active, chunk)
+    if clock is not None:
+        engine.clock = clock
+    return engine
+
+
+def _spec(artifact: Artifact, id: int, prompt: str = "ROMEO:", n: int = 40, **kwargs: Any
+          ) -> GenerationSpec:
+    ids = tuple(artifact.tokenizer.encode(prompt, add_special_tokens=False).ids)
+    return GenerationSpec(id, ids, n, **({"temperature": 0.9, "seed": id} | kwargs))
+
+
+def _run(engine: Engine, turns: int = 10_000) -> tuple[dict[int, str], dict[int, str], list[Turn]]:
+    """Turn until idle: each request's text and finish reason, and the turns."""
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    seen: list[Turn] = []
+    for _ in range(turns):
+        if engine.idle:
+            break
+        turn = engine.turn()
+        seen.append(turn)
+        for request, token in zip(turn.requests, turn.tokens, strict=True):
+            texts[request] = texts.get(request, "") + engine.texts[token]
+        reasons |= turn.finished
+    return texts, reasons, seen
+
+
+def test_a_request_alone_and_among_others_gives_the_same_text(artifact: Artifact) -> None:
+    alone = {}
+    for i in range(5):
+        engine = _engine(artifact)
+        engine.add(_spec(artifact, i, "JULIET:" if i % 2 else "ROMEO:\nShall", 30 + 7 * i,
+                         top_p=0.9, repetition_penalty=1.1))
+        alone[i] = _run(engine)[0][i]
+    engine = _engine(artifact, max_active=3)  # fewer slots than requests: some wait, then join
+    for i in range(5):
+        engine.add(_spec(artifact, i, "JULIET:" if i % 2 else "ROMEO:\nShall", 30 + 7 * i,
+                         top_p=0.9, repetition_penalty=1.1))
+    together, reasons, turns = _run(engine)
+    assert together == alone
+    assert set(reasons.values()) == {"length"}
+    assert max(t.rows for t in turns) == 3 and len({len(t) for t in together.values()}) == 5
+
+
+def test_the_seed_decides_the_text(artifact: Artifact) -> None:
+    def text(seed: int) -> str:
+        engine = _engine(artifact)
+        engine.add(_spec(artifact, 0, n=60, seed=seed))
+        return _run(engine)[0][0]
+    assert text(1) == text(1) != text(2)
+
+
+def test_greedy_decoding_picks_the_likeliest_token(artifact: Artifact) -> None:
+    engine = _engine(artifact)
+    engine.add(_spec(artifact, 0, n=1, temperature=0.0))
+    turn = engine.turn()
+    ids = artifact.tokenizer.encode("ROMEO:", add_special_tokens=False).ids
+    logits, _ = artifact.net.prefill(torch.tensor([ids]), torch.tensor([len(ids)]))
+    logits[0, 0] = float("-inf")  # the unknown token is never produced
+    assert turn.tokens == [int(logits.argmax())] and turn.finished == {0: "length"}
+
+
+def test_cancelled_requests_leave_at_the_next_turn_queued_or_running(artifact: Artifact) -> None:
+    engine = _engine(artifact, max_active=1)
+    engine.add(_spec(artifact, 0, n=500))
+    engine.add(_spec(artifact, 1, n=500))  # waits for the only slot
+    engine.turn()
+    engine.turn()
+    engine.cancel(0)
+    engine.cancel(1)
+    turn = engine.turn()
+    assert turn.requests == [] and turn.active == 0 and turn.waiting == 0 and engine.idle
+
+
+def test_a_request_queued_past_its_deadline_fails_without_running(artifact: Artifact) -> None:
+    now = [100.0]
+    engine = _engine(artifact, max_active=1, clock=lambda: now[0])
+    engine.add(_spec(artifact, 0, n=3, enqueued=100.0, deadline=200.0))
+    engine.add(_spec(artifact, 1, n=3, enqueued=100.0, deadline=101.0))
+    engine.turn()
+    now[0] = 102.0
+    texts, _, turns = _run(engine)
+    failures = [f for t in turns for f in t.failures]
+    assert [(f.request, f.kind) for f in failures] == [(1, "deadline")]
+    assert "past its deadline" in failures[0].message and 1 not in texts
+    assert [a for t in turns for a in t.admitted] == []  # request 0 was admitted earlier
+
+
+def test_a_stop_sequence_ends_the_text_with_it(artifact: Artifact) -> None:
+    engine = _engine(artifact)
+    engine.add(_spec(artifact, 0, n=300, temperature=0.0))
+    free = _run(engine)[0][0]
+    stop = free[5:8]  # a piece the text reaches
+    engine.add(_spec(artifact, 1, n=300, temperature=0.0, stop=(stop, "never there")))
+    texts, reasons, _ = _run(engine)
+    assert texts[1] == free[:free.index(stop) + len(stop)] and reasons[1] == "stop_sequence"
+
+
+def test_a_long_prompt_is_read_in_chunks_between_the_running_batchs_steps(
+        artifact: Artifact) -> None:
+    prompt = ("ROMEO:\nBut soft, what light through yonder window breaks? " * 20)[:1000]
+    whole = _engine(artifact, chunk=10_000)
+    whole.add(_spec(artifact, 1, prompt, n=20))
+    expected = _run(whole)[0][1]
+
+    engine = _engine(artifact, chunk=100)
+    engine.add(_spec(artifact, 0, n=200))
+    engine.turn()  # request 0 prefilled and running
+    engine.add(_spec(artifact, 1, prompt, n=20))
+    turns = [engine.turn() for _ in range(10)]
+    # Each of the 10 turns steps request 0 once while request 1's prompt is read, 100 at a time.
+    assert all(t.requests[0] == 0 and t.rows == 1 for t in turns)
+    assert [1 in t.requests for t in turns] == [False] * 9 + [True]
+    texts, _, _ = _run(engine)
+    assert engine.texts[turns[-1].tokens[-1]] + texts[1] == expected
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(artifact: Artifact) -> None:
+    engine = _engine(artifact)
+    real = engine.step
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+    engine.add(_spec(artifact, 0, n=10))
+    engine.turn()
+    engine.step = broken
+    turn = engine.turn()
+    assert [(f.request, f.kind) for f in turn.failures] == [(0, "error")]
+    assert "boom" in turn.failures[0].message and engine.idle
+    engine.step = real
+    engine.add(_spec(artifact, 1, n=10))
+    assert len(_run(engine)[0][1]) == 10
+
+
+def test_drive_takes_commands_runs_turns_and_stops(artifact: Artifact) -> None:
+    engine = _engine(artifact)
+    inbox: list[list[Any] | None] = [[_spec(artifact, 0, n=5), _spec(artifact, 1, n=500)], [1]]
+    blocked: list[bool] = []
+    turns: list[Turn] = []
+
+    def receive(block: bool) -> list[Any] | None:
+        blocked.append(block)
+        if inbox:
+            return inbox.pop(0)
+        return None if block else []
+
+    drive(engine, receive, turns.append)
+    assert sum(t.requests.count(0) for t in turns) == 5
+    assert turns[-1].active == 0  # request 1 cancelled on the second command
+    assert blocked[0] and blocked[-1]  # waits for work only while idle

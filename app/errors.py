@@ -16,6 +16,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientGone",
     "DeadlineExceeded",
+    "Forbidden",
     "InvalidInput",
     "ModelNotFound",
     "ModelNotReady",
@@ -56,6 +57,12 @@ class Unauthorized(ServiceError):
 
     status_code = 401
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """A valid key that does not open this route (an inference key on an admin route)."""
+
+    status_code = 403
 
 
 class ModelNotFound(ServiceError):

@@ -26,6 +26,7 @@ from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
 from app.settings import Settings, load_settings
+from app.sighup import install_sighup_reload
 
 __all__ = ["app", "create_app"]
 
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # batch off the CPU, against 8% without it (64 clients, 2 cores). An explicit setting
         # in the environment wins.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Before loading: a worker process forked from here on leaves SIGHUP to the server.
+        remove_sighup = install_sighup_reload(app)
         registry = Registry(settings, resolve_device(settings.device))
         app.state.registry = registry
         # Loading runs in a thread so /health/live answers while models load.
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            remove_sighup()
             await registry.stop()
 
     # FastAPI's own OpenTelemetry hooks are off: the service has its Prometheus metrics, and
@@ -112,7 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ClassifyFastPath, state=app.state)  # inside ServiceMiddleware
     app.add_middleware(ServiceMiddleware, settings=settings, state=app.state)
     for module in (classify, generate, score, models, admin, metrics, health):
-        app.include_router(module.router)
+        if module is not admin or settings.admin_keys:  # no admin keys: no admin routes (404)
+            app.include_router(module.router)
     install_docs(app)
     install_openapi(app, settings)
     return app

@@ -7,7 +7,6 @@ and answers every other request (measured by `bench/asgi.py`).
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 import uuid
@@ -16,7 +15,8 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, ModelNotReady, ServiceError, Unauthorized, send_error
+from app.errors import BodyTooLarge, Forbidden, ModelNotReady, ServiceError, Unauthorized, send_error
+from app.keys import ADMIN_SCOPE_KEY, bearer_token, is_admin_path, matches_any
 from app.logs import REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
 from app.settings import Settings
@@ -37,17 +37,20 @@ def is_public(path: str, settings: Settings) -> bool:
 
 
 def _check_key(headers: list[tuple[bytes, bytes]], keys: list[str]) -> None:
-    given = b""
-    for name, value in headers:
-        if name == b"authorization":
-            given = value
-    scheme, _, token = given.decode("latin-1").partition(" ")
-    # Compare against every key, in constant time, so timing tells nothing about any key.
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token.strip().encode(), key.encode())
-    if scheme.lower() != "bearer" or not ok:
+    if not matches_any(bearer_token(headers), keys):
         raise Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
+
+
+def _check_admin_key(headers: list[tuple[bytes, bytes]], settings: Settings) -> None:
+    token = bearer_token(headers)
+    # Both comparisons always run: which one matched must not show in the timing either.
+    admin, inference = matches_any(token, settings.admin_keys), matches_any(token, settings.api_keys)
+    if admin:
+        return
+    if inference:
+        raise Forbidden("an inference key (RNN_API_KEYS) cannot use the admin routes; send a key "
+                        "from RNN_ADMIN_KEYS")
+    raise Unauthorized("missing or wrong admin key; send 'Authorization: Bearer <admin key>'")
 
 
 class ServiceMiddleware:
@@ -106,7 +109,7 @@ class ServiceMiddleware:
         try:
             if length > limit:
                 await _send_413(send_wrapped, limit)
-            elif is_public(scope["path"], self.settings) or await self._admit(headers,
+            elif is_public(scope["path"], self.settings) or await self._admit(scope, headers,
                                                                                 send_wrapped):
                 await self.app(scope, receive_limited, send_wrapped)
         finally:
@@ -116,12 +119,16 @@ class ServiceMiddleware:
             REQUEST_DURATION.labels(label).observe(time.perf_counter() - start)
             REQUEST_ID.reset(token)
 
-    async def _admit(self, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
-        """False (and the answer sent) when draining or the key is missing or wrong."""
+    async def _admit(self, scope: Scope, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+        """False (and the answer sent) when draining or the key is missing or wrong; an admin
+        route (served only with RNN_ADMIN_KEYS) takes an admin key instead of an inference key."""
         try:
             if self.state.draining:
                 raise ModelNotReady("the service is shutting down; retry on another instance")
-            if self.settings.api_keys:
+            if self.settings.admin_keys and is_admin_path(scope):
+                _check_admin_key(headers, self.settings)
+                scope[ADMIN_SCOPE_KEY] = True  # what the admin routes' own check looks for
+            elif self.settings.api_keys:
                 _check_key(headers, self.settings.api_keys)
         except ServiceError as e:
             await send_error(send, e)

@@ -26,6 +26,10 @@ _ANSWERS = {
     "503": "Queue full, model failed to load, or shutting down (see Retry-After)",
     "504": "Waited past RNN_REQUEST_TIMEOUT_S",
 }
+_ADMIN_ANSWERS = {  # the admin routes (served only with RNN_ADMIN_KEYS) take an admin key
+    "401": "Admin key missing or wrong (RNN_ADMIN_KEYS)",
+    "403": "An inference key (RNN_API_KEYS) on an admin route",
+}
 _GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
             "/models/{name}", "/admin/reload")
 
@@ -62,7 +66,8 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
                             "description": "TGI parameter not implemented; neutral value only."}
         for path in _GUARDED:
             for operation in spec["paths"].get(path, {}).values():
-                for code, description in _ANSWERS.items():
+                answers = _ANSWERS | (_ADMIN_ANSWERS if path.startswith("/admin/") else {})
+                for code, description in answers.items():
                     operation["responses"][code] = {
                         "description": description,
                         "content": {"application/json": {"schema": {

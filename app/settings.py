@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.keys import read_key_file
 
 __all__ = ["Settings", "load_settings", "settings_table"]
 
@@ -32,7 +34,21 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_new_tokens accepted.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated bearer keys; empty: no auth.")
+        default_factory=list, repr=False, description="Comma-separated bearer keys; empty: no auth.")
+    api_keys_file: Path | None = Field(
+        None, description="File of inference keys (a mounted Docker or Kubernetes secret), one "
+                          "per line; blank lines and lines starting with # are skipped. Its keys "
+                          "are added to RNN_API_KEYS. A missing, unreadable or empty file stops "
+                          "the start.")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="Comma-separated bearer keys for the admin routes (POST /admin/reload); "
+                    "empty: the admin routes are not served (404). An inference key gets 403 "
+                    "there, and an admin key does not open the model routes. SIGHUP reloads "
+                    "the models without any key.")
+    admin_keys_file: Path | None = Field(
+        None, description="File of admin keys, one per line, as RNN_API_KEYS_FILE; its keys are "
+                          "added to RNN_ADMIN_KEYS.")
     protect_metrics: bool = Field(False, description="Require the API key on /metrics too.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated allowed CORS origins.")
@@ -66,12 +82,28 @@ class Settings(BaseSettings):
         description="Python's thread switch interval (ms): how soon an inference thread gets "
                     "the GIL back from a busy event loop.")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("api_keys_file", "admin_keys_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key_file(value)  # the error names the file here, with the setting
+        return value
+
+    @model_validator(mode="after")
+    def _add_keys_from_files(self) -> Settings:
+        # The union: a key given in the variable and in the file is one key.
+        for field, path in (("api_keys", self.api_keys_file), ("admin_keys", self.admin_keys_file)):
+            if path is not None:
+                keys: list[str] = getattr(self, field)
+                setattr(self, field, keys + [k for k in read_key_file(path) if k not in keys])
+        return self
 
     @field_validator("device")
     @classmethod
@@ -80,6 +112,9 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+_SECRET = frozenset({"RNN_API_KEYS", "RNN_ADMIN_KEYS"})
 
 
 def load_settings() -> Settings:
@@ -91,7 +126,9 @@ def load_settings() -> Settings:
         lines = []
         for err in e.errors():
             name = "RNN_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
-            lines.append(f"invalid setting {name}={err.get('input')!r}: {err['msg']}")
+            # A key is never written out; nor is the whole input, which holds the keys.
+            shown = "<hidden>" if name in _SECRET or not err["loc"] else repr(err.get("input"))
+            lines.append(f"invalid setting {name}={shown}: {err['msg']}")
         sys.stderr.write("\n".join(lines) + "\n")
         raise SystemExit(2) from None
 

@@ -55,13 +55,21 @@ def test_request_id_is_taken_or_made_and_echoed(models_dir: Path) -> None:
         assert len(made.headers["x-request-id"]) == 32
 
 
-def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> None:
+def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "admin-keys").write_text("# mounted secret\nadmin-secret-456\n")
     env = {"RNN_MODELS_DIR": str(models_dir), "RNN_LOG_FORMAT": "json",
-           "RNN_API_KEYS": "secret-key-123"}
+           "RNN_API_KEYS": "secret-key-123", "RNN_ADMIN_KEYS_FILE": str(tmp_path / "admin-keys")}
     with server_process(env) as (url, proc):
         r = httpx.post(f"{url}/classify", json={"inputs": "fine"},
                        headers={"X-Request-Id": "req-42", "Authorization": "Bearer secret-key-123"})
         assert r.status_code == 200
+        admin = {"Authorization": "Bearer admin-secret-456"}
+        assert httpx.post(f"{url}/admin/reload", headers=admin, timeout=30).status_code == 200
+        assert httpx.post(f"{url}/admin/reload", headers={
+            "Authorization": "Bearer secret-key-123"}).status_code == 403
+        assert httpx.post(f"{url}/admin/reload").status_code == 401
+        assert httpx.post(f"{url}/classify", json={"inputs": "x"}, headers=admin).status_code == 401
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
@@ -71,7 +79,7 @@ def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path) -> 
     assert "Uvicorn running" in messages and "Application startup complete" in messages
     access = [r for r in records if r["logger"] == "uvicorn.access" and "/classify" in r["message"]]
     assert access and access[0]["request_id"] == "req-42"
-    assert "secret-key-123" not in out
+    assert "secret-key-123" not in out and "admin-secret-456" not in out and "Bearer" not in out
 
 
 def test_stream_in_flight_at_sigterm_completes(models_dir: Path) -> None:

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 @pytest.fixture(scope="module")
 def url(models_dir: Path) -> Iterator[str]:
-    with running_server(create_app(Settings(models_dir=models_dir))) as base:
+    # With an admin key, so that the admin route is served and documented too.
+    with running_server(create_app(Settings(models_dir=models_dir, admin_keys=["a"]))) as base:
         yield base
 
 

@@ -13,11 +13,13 @@ from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import running_server
 
+ADMIN = {"Authorization": "Bearer admin-key"}
+
 
 def test_reload_under_concurrent_load_loses_no_request(models_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(models_dir, root)
-    app = create_app(Settings(models_dir=root))
+    app = create_app(Settings(models_dir=root, admin_keys=["admin-key"]))
     with running_server(app) as url:
         old_sentiment = app.state.registry.entries["sentiment"]
 
@@ -38,9 +40,9 @@ def test_reload_under_concurrent_load_loses_no_request(models_dir: Path, tmp_pat
                 shutil.copytree(root / "sentiment", root / "sentiment-copy")
                 weights = root / "sentiment" / "model.safetensors"
                 os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-                first = (await http.post("/admin/reload")).json()
+                first = (await http.post("/admin/reload", headers=ADMIN)).json()
                 shutil.rmtree(root / "shakespeare")
-                second = (await http.post("/admin/reload")).json()
+                second = (await http.post("/admin/reload", headers=ADMIN)).json()
                 await asyncio.sleep(0.3)
                 stop.set()
                 await asyncio.gather(*workers)

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # batch off the CPU, against 8% without it (64 clients, 2 cores). An explicit setting
         # in the environment wins.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # Before loading: a worker process forked from here on leaves SIGHUP to the server.
+        # Before loading: a SIGHUP during start-up waits for the load, and never kills us.
         remove_sighup = install_sighup_reload(app)
         registry = Registry(settings, resolve_device(settings.device))
         app.state.registry = registry

@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import pickle
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +58,7 @@ class ProcessTransport:
         up, up_child = socket.socketpair()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app.generation.worker"])
+        _start_fork_server()
         process = context.Process(target=run_worker, name=f"generate-{self.name}",
                                   args=(self.setup, wrap_step, down_child, up_child))
         await asyncio.to_thread(process.start)  # the first start also starts the fork server
@@ -153,3 +157,20 @@ class ProcessTransport:
             log.warning("generation worker %d did not stop in %g s; killing it", process.pid, wait_s)
             process.kill()
             await asyncio.to_thread(process.join, 5)
+
+
+def _start_fork_server() -> None:
+    """Start multiprocessing's fork server (and its resource tracker) deaf to the signals a
+    process manager or a terminal sends the whole group: an ignored signal stays ignored
+    across exec, and the workers it forks inherit that. Both end when the server does.
+    Signal dispositions can be set from the main thread only; elsewhere (a server run in a
+    test's thread) the fork server starts as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    group = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in group}
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

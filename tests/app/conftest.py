@@ -130,7 +130,7 @@ def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if httpx.get(f"{url}/health/ready").status_code == 200:

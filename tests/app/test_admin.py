@@ -126,7 +126,8 @@ def test_a_missing_key_file_stops_the_server_with_one_clear_line(tmp_path: Path)
 
 
 def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (the generation workers of a server)."""
+    """Every process below `pid` (the fork server, its resource tracker and the generation
+    workers of a server)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -135,7 +136,7 @@ def _children(pid: int) -> list[int]:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+                found += [int(entry.name), *_children(int(entry.name))]
     return found
 
 

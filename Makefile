@@ -10,6 +10,7 @@ PORT ?= 8000
 SHARED ?= ../shared/data
 
 .PHONY: setup serve test lint train-sentiment train-sentiment-scratch train-lm compare bench clean
+.PHONY: docs docs-check
 
 $(VENV)/.torch-$(TORCH): scripts/install-torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,8 @@ test: setup  ## the whole test suite
 lint: setup
 	$(PY) -m ruff check textrnn app training tests bench
 	$(PY) -m mypy
+	$(PY) -m ruff check scripts
+	$(PY) -m mypy scripts/docs_examples.py
 
 SENTIMENT_RECIPE = --train $(SHARED)/sst2/train_phrases.tsv --dev $(SHARED)/sst2/dev.tsv \
 	  --label-names negative,positive --cell lstm --bidirectional --pooling max \
@@ -90,3 +93,9 @@ bench: setup  ## load benchmark: server vs offline limit vs unbatched baseline (
 
 compare: setup  ## RNN vs LSTM vs GRU on both tasks, same budget: table + plot into docs/
 	$(PY) -m training.compare --shared $(SHARED)
+
+docs: setup  ## rerun every example in README.md and docs/ on the shipped models; rewrite changed outputs
+	$(PY) scripts/docs_examples.py --write
+
+docs-check: setup  ## fail when a documented example's output differs from the server's answer
+	$(PY) scripts/docs_examples.py --check

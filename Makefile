@@ -10,6 +10,7 @@ PORT ?= 8000
 SHARED ?= ../shared/data
 
 .PHONY: setup serve test lint train-sentiment train-sentiment-scratch train-lm compare bench clean
+.PHONY: docs docs-check
 
 $(VENV)/.torch-$(TORCH): scripts/install-torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,13 +34,15 @@ test: setup  ## the whole test suite
 lint: setup
 	$(PY) -m ruff check textrnn app training tests bench
 	$(PY) -m mypy
+	$(PY) -m ruff check scripts
+	$(PY) -m mypy scripts/docs_examples.py
 
 SENTIMENT_RECIPE = --train $(SHARED)/sst2/train_phrases.tsv --dev $(SHARED)/sst2/dev.tsv \
 	  --label-names negative,positive --cell lstm --bidirectional --pooling max \
 	  --embedding-dim 200 --hidden-size 256 --dropout 0.5 --word-dropout 0.1 \
 	  --epochs 10 --eval-every 500 --patience 6
 
-# The shipped sentiment classifier (README, "Pretraining"): an ELMo-style bidirectional word LM
+# The shipped sentiment classifier (docs/models.md): an ELMo-style bidirectional word LM
 # on the IMDB reviews (with their labels), then the SST-2 classifier fine-tuned from it with
 # seeds 1-3; seed 1 ships. DEVICE=cuda runs it on a GPU: 3 + 1 minutes on an H100. On 2 CPU
 # cores the pretraining alone takes about 4 hours. EXTRA adds training arguments to each command.
@@ -88,5 +91,11 @@ clean:
 bench: setup  ## load benchmark: server vs offline limit vs unbatched baseline (bench/results/)
 	$(PY) -m bench.run
 
-compare: setup  ## RNN vs LSTM vs GRU on both tasks, same budget: table + plot into the README
+compare: setup  ## RNN vs LSTM vs GRU on both tasks, same budget: table + plot into docs/
 	$(PY) -m training.compare --shared $(SHARED)
+
+docs: setup  ## rerun every example in README.md and docs/ on the shipped models; rewrite changed outputs
+	$(PY) scripts/docs_examples.py --write
+
+docs-check: setup  ## fail when a documented example's output differs from the server's answer
+	$(PY) scripts/docs_examples.py --check

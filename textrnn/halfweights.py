@@ -11,7 +11,7 @@ with.
 Measured on this project's 2-core CPU (one thread): the shipped GRU's step went from 1.08 to
 0.51 ms at batch 1, 3.2 to 1.6 ms at batch 16, 7.0 to 5.0 ms at batch 64; the classifier's
 LSTM at batch 32 and 64 was 10-20% faster. Dev accuracy and validation loss did not move
-at the precision they are reported (README, "Performance").
+at the precision they are reported (docs/performance.md).
 
 The kernels are the ones behind torch's dynamic quantisation (`torch.ops.quantized`), which
 torch says it will move to torchao; where they are missing, `use_half_weights` answers False

@@ -2,8 +2,8 @@
 
 Trains every cell (and, for classification, uni- and bidirectional) with the same steps,
 seed and sizes, then measures each model's quality and inference speed and writes a table and
-a plot of the validation curves (docs/compare.md, docs/compare.png, and the README section
-between the `compare` markers).
+a plot of the validation curves (docs/compare.md, docs/compare.png, and the section of
+docs/training.md between the `compare` markers).
 """
 
 from __future__ import annotations
@@ -141,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
              f"2×256, {args.lm_steps} steps of 32×64 characters. One torch thread each, "
              f"{args.jobs} trainings at a time on this machine. Inference speed: classifiers on "
              "SST-2 dev at batch 64; language models generating at batch 1.")
-    block = f"{intro}\n\n{table}\n\n![validation curves by cell](docs/compare.png)\n"
+    # Both pages live in docs/, beside the plot.
+    block = f"{intro}\n\n{table}\n\n![validation curves by cell](compare.png)\n"
     (ROOT / "docs" / "compare.md").write_text("# RNN vs LSTM vs GRU\n\n" + block)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    guide = ROOT / "docs" / "training.md"
+    text = guide.read_text()
     start, end = "<!-- compare:start -->\n", "<!-- compare:end -->"
     if start in text:
         text = text.split(start)[0] + start + block + end + text.split(end, 1)[1]
-        readme.write_text(text)
+        guide.write_text(text)
     print(table)
     return 0
 

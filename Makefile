@@ -11,6 +11,7 @@ SHARED ?= ../shared/data
 
 .PHONY: setup serve test lint train-sentiment train-sentiment-scratch train-lm compare bench clean
 .PHONY: docs docs-check
+.PHONY: train-lm-ddp train-sentiment-ddp
 
 $(VENV)/.torch-$(TORCH): scripts/install-torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,10 +81,31 @@ train-sentiment-scratch: setup
 	$(PY) -m training.seeds runs/sentiment-scratch/seed-1 runs/sentiment-scratch/seed-2 \
 	  runs/sentiment-scratch/seed-3
 
-train-lm: setup  ## the shipped character language model (Tiny Shakespeare)
-	$(PY) -m training lm --text $(SHARED)/tinyshakespeare/input.txt --cell gru \
+LM_RECIPE = --text $(SHARED)/tinyshakespeare/input.txt --cell gru \
 	  --num-layers 2 --hidden-size 512 --embedding-dim 64 --dropout 0.2 --bptt 64 --streams 64 \
-	  --lr 3e-3 --max-steps 1800 --eval-every 200 --patience 0 --seed 1 --out models/shakespeare
+	  --lr 3e-3 --max-steps 1800 --eval-every 200 --patience 0 --seed 1
+
+train-lm: setup  ## the shipped character language model (Tiny Shakespeare)
+	$(PY) -m training lm $(LM_RECIPE) --out models/shakespeare
+
+# The shipped recipes data-parallel on GPUS GPUs of this machine (docs/distributed-training.md):
+# the same global batches and schedule, each GPU computing its share of every batch.
+# DDP_DEVICE=cpu runs the ranks on the CPU (gloo) instead.
+GPUS ?= 2
+DDP_DEVICE ?= cuda
+TORCHRUN = $(PY) -m torch.distributed.run --standalone --nproc-per-node $(GPUS)
+
+train-lm-ddp: setup  ## train-lm on GPUS GPUs (torchrun)
+	$(TORCHRUN) -m training lm $(LM_RECIPE) --device $(DDP_DEVICE) $(EXTRA) --out models/shakespeare
+
+train-sentiment-ddp: setup  ## train-sentiment (pretraining, seeds 1-3) on GPUS GPUs (torchrun)
+	$(TORCHRUN) -m training pretrain $(PRETRAIN_RECIPE) --device $(DDP_DEVICE) $(EXTRA) \
+	  --out $(PRETRAINED)
+	for seed in 1 2 3; do $(TORCHRUN) -m training classify $(FINETUNE_RECIPE) --seed $$seed \
+	  --device $(DDP_DEVICE) $(EXTRA) --no-progress --out $(FT_OUT)/seed-$$seed \
+	  --work-dir $(FT_OUT)/work-$$seed || exit 1; done
+	$(PY) -m training.seeds $(FT_OUT)/seed-1 $(FT_OUT)/seed-2 $(FT_OUT)/seed-3 \
+	  --ship models/sentiment
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

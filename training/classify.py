@@ -14,6 +14,8 @@ from textrnn.inference import classify_logits, pad_batch
 from textrnn.nets import RNNClassifier
 
 from .data import bucket_batches
+from .device import to_device
+from .distributed import Part
 
 __all__ = ["ClassifierJob", "classification_report"]
 
@@ -57,8 +59,9 @@ class ClassifierJob:
 
     def __init__(self, net: RNNClassifier, train: tuple[list[list[int]], list[int]],
                  dev: tuple[list[list[int]], list[int]], labels: list[str], batch_size: int,
-                 seed: int, word_dropout: float = 0.0) -> None:
+                 seed: int, word_dropout: float = 0.0, part: Part | None = None) -> None:
         self.net = net
+        self.part = part or Part()
         self.train_ids, self.train_labels = train
         self.dev_ids, self.dev_labels = dev
         self.labels = labels
@@ -72,15 +75,25 @@ class ClassifierJob:
         return bucket_batches(self._lengths, self.batch_size, random.Random(self.seed * 100_003 + epoch))
 
     def loss(self, batch: list[int]) -> tuple[Tensor, int]:
-        """Mean cross-entropy over one batch."""
-        ids, lengths = pad_batch([self.train_ids[i] or [1] for i in batch])
+        """Mean cross-entropy over one batch; under torchrun, this rank's share of that mean
+        (its rows' summed loss over the global batch's size), which the ranks' summed
+        gradients turn back into the mean's gradient."""
+        rows, scale = batch, None
+        if self.part.world_size > 1:
+            # A rank left without rows still runs the net (every rank must take part in
+            # the gradient all-reduce), on one row weighted zero.
+            mine = self.part.strided(batch)
+            rows, scale = (mine, 1.0 / len(batch)) if mine else (batch[:1], 0.0)
+        ids, lengths = pad_batch([self.train_ids[i] or [1] for i in rows])
         if self.word_dropout > 0:  # drawn on the CPU so a seed means the same on any device
             drop = (torch.rand(ids.shape) < self.word_dropout) & (ids > 1)
             ids = ids.masked_fill(drop, 1)  # 1 is the unknown word
         device = self.net.head.weight.device
-        logits = self.net(ids.to(device), lengths)
-        target = torch.tensor([self.train_labels[i] for i in batch], device=device)
-        return F.cross_entropy(logits, target), len(batch)
+        logits = self.net(to_device(ids, device), lengths)
+        target = to_device(torch.tensor([self.train_labels[i] for i in rows]), device)
+        if scale is None:
+            return F.cross_entropy(logits, target), len(rows)
+        return F.cross_entropy(logits, target, reduction="sum") * scale, (len(rows) if scale else 0)
 
     def evaluate(self) -> dict[str, Any]:
         """Dev loss, accuracy, macro F1 and confusion matrix."""

@@ -21,10 +21,12 @@ from textrnn.tokenization import build_char_tokenizer, build_word_tokenizer, enc
 
 from .classify import ClassifierJob, classification_report, predict
 from .data import DataError, read_examples, read_text
+from .device import PRECISIONS, PrecisionUnsupported, check_precision
+from .distributed import Cluster, Part, init_cluster, shutdown_cluster
 from .export import export_model
 from .lm import LMJob, char_ids, stream_loss
 from .pretrain import BiLM, BiLMJob, chunk_sentences, load_encoder, save_encoder
-from .train import TrainConfig, WorkDirBusy, fit
+from .train import CheckpointMismatch, TrainConfig, WorkDirBusy, fit
 
 __all__ = ["main"]
 
@@ -51,7 +53,10 @@ def _common(p: argparse.ArgumentParser, lr: float, batch: int) -> None:
     p.add_argument("--patience", type=int, default=5, help="evaluations without gain; 0 = off")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training device)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N (training device); under torchrun cpu or cuda")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16/fp16: mixed precision (autocast; fp16 with loss scaling, GPU only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -131,6 +136,17 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values, progress=not args.no_progress)
 
 
+def _distributed(cluster: Cluster, global_batch: int, unit: str) -> dict[str, Any]:
+    """The data-parallel set-up, as recorded in the training provenance (texts and chunks
+    are dealt out strided, streams in contiguous ranges)."""
+    rows = list(range(global_batch))
+    parts = [Part(r, cluster.world_size) for r in range(cluster.world_size)]
+    shares = [len(rows[p.span(global_batch)] if unit == "streams" else p.strided(rows))
+              for p in parts]
+    return cluster.to_dict() | {"global_batch_size": global_batch,
+                                "per_rank_batch_size": shares, "batch_unit": unit}
+
+
 def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
                 result: Any, hyper: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -141,6 +157,7 @@ def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
         "seed": cfg.seed, "steps": result.steps, "epochs": result.epochs,
         "wall_time_s": result.wall_time_s, "stopped_because": result.stopped_because,
         "device": str(args.device), "threads": cfg.threads, "torch_version": torch.__version__,
+        "precision": cfg.precision, "distributed": args.distributed,
     }
 
 
@@ -196,8 +213,11 @@ def _classify(args: argparse.Namespace) -> int:
     net.embedding.weight.requires_grad_(not args.freeze_embedding)
     net = net.to(args.device)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
-                        args.word_dropout)
+                        args.word_dropout, args.cluster.part)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+    args.distributed = _distributed(args.cluster, cfg.batch_size, "texts")
+    if not args.cluster.is_main:  # rank 0 exports
+        return 0
     net.load_state_dict(result.best_state)
     net.eval()
     with torch.inference_mode():
@@ -252,13 +272,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     net = BiLM(encoder, cutoffs).to(args.device)
     train_ids, train_labels = split[False]
     val_ids, val_labels = split[True]
-    print(f"{len(docs)} documents -> {len(train_ids)} training chunks "
-          f"({sum(map(len, train_ids))} tokens), {len(val_ids)} validation chunks; "
-          f"vocabulary {vocab}", file=sys.stderr)
+    if args.cluster.is_main:
+        print(f"{len(docs)} documents -> {len(train_ids)} training chunks "
+              f"({sum(map(len, train_ids))} tokens), {len(val_ids)} validation chunks; "
+              f"vocabulary {vocab}", file=sys.stderr)
     job = BiLMJob(net, (train_ids, train_labels if values else None),
                   (val_ids, val_labels if values else None), cfg.batch_size, cfg.seed,
-                  args.label_weight)
+                  args.label_weight, args.cluster.part)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.stem, resume=args.resume)
+    args.distributed = _distributed(args.cluster, cfg.batch_size, "chunks")
+    if not args.cluster.is_main:  # rank 0 exports
+        return 0
     net.load_state_dict(result.best_state)
     hyper = {"label_column": args.label_column, "label_weight": args.label_weight,
              "min_frequency": args.min_frequency, "max_vocab": args.max_vocab,
@@ -293,8 +317,15 @@ def _lm(args: argparse.Namespace) -> int:
     net = build_net(net_cfg).to(args.device)
     assert isinstance(net, CharLM)
     val_ids = char_ids(tokenizer, val_text)
-    job = LMJob(net, char_ids(tokenizer, train_text), val_ids, args.streams, args.bptt, cfg.seed)
+    if args.streams < args.cluster.world_size:
+        raise SystemExit(f"error: --streams {args.streams} is fewer than the "
+                         f"{args.cluster.world_size} processes; each needs a stream")
+    job = LMJob(net, char_ids(tokenizer, train_text), val_ids, args.streams, args.bptt, cfg.seed,
+                part=args.cluster.part)
     result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+    args.distributed = _distributed(args.cluster, args.streams, "streams")
+    if not args.cluster.is_main:  # rank 0 exports
+        return 0
     net.load_state_dict(result.best_state)
     net.eval()
     with torch.inference_mode():
@@ -347,9 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(getattr(args, "threads", 1))
     if str(getattr(args, "device", "cpu")).startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
+    args.cluster = Cluster()
+    if args.command != "evaluate":
+        try:  # joins the other ranks under torchrun
+            check_precision(args.precision, args.device)
+            args.cluster, args.device = init_cluster(args.device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
         return commands[args.command](args)
-    except (DataError, ArtifactError, WorkDirBusy) as e:
+    except (DataError, ArtifactError, WorkDirBusy, CheckpointMismatch, PrecisionUnsupported) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_cluster()

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from textrnn.nets import CharLM, State
 
+from .distributed import Part
+
 __all__ = ["LMJob", "char_ids", "stream_loss"]
 
 
@@ -50,11 +52,21 @@ class LMJob:
     higher_is_better = False
 
     def __init__(self, net: CharLM, train_ids: Tensor, val_ids: Tensor, streams: int,
-                 bptt: int, seed: int, eval_streams: int = 16) -> None:
+                 bptt: int, seed: int, eval_streams: int = 16, part: Part | None = None) -> None:
         self.net = net
+        self.part = part or Part()
         width = (train_ids.numel() - 1) // streams
-        self.x = train_ids[: streams * width].view(streams, width)  # S N
-        self.y = train_ids[1 : streams * width + 1].view(streams, width)  # S N
+        # Under torchrun each rank carries its own contiguous range of the streams.
+        mine = self.part.span(streams)
+        if mine.stop == mine.start:
+            raise ValueError(f"--streams {streams} leaves rank {self.part.rank} of "
+                             f"{self.part.world_size} without a stream; use at least "
+                             f"{self.part.world_size} streams")
+        # The training text is small next to the net: it goes to the device once, instead
+        # of one copy per window.
+        device = net.head.weight.device
+        self.x = train_ids[: streams * width].view(streams, width)[mine].to(device)  # S N
+        self.y = train_ids[1 : streams * width + 1].view(streams, width)[mine].to(device)  # S N
         self.val_ids = val_ids
         self.streams, self.bptt, self.seed = streams, bptt, seed
         self.eval_streams = eval_streams
@@ -76,7 +88,11 @@ class LMJob:
         y = self.y[:, start:start + self.bptt].to(device)  # S T
         logits, state = self.net(x, self.state)  # S T V
         self.state = _detach(state)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), x.numel()
+        if self.part.world_size == 1:
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten()), x.numel()
+        # This rank's share of the mean over all streams (see ClassifierJob.loss).
+        total = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        return total / (self.streams * x.size(1)), x.numel()
 
     def evaluate(self) -> dict[str, Any]:
         """Validation loss and bits per character."""

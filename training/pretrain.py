@@ -31,6 +31,8 @@ from textrnn.inference import pad_batch
 from textrnn.nets import NetConfig, RNNClassifier
 
 from .data import bucket_batches
+from .device import to_device
+from .distributed import Part
 
 __all__ = ["BiLM", "BiLMJob", "chunk_sentences", "load_encoder", "save_encoder"]
 
@@ -76,8 +78,10 @@ class BiLM(nn.Module):
         self.softmax = nn.AdaptiveLogSoftmaxWithLoss(cfg.hidden_size, cfg.vocab_size,
                                                      list(cutoffs), div_value=4.0)
 
-    def losses(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean next/previous-word loss over both directions, and the label logits [B, C]."""
+    def losses(self, ids: Tensor, lengths: Tensor,
+               per: int | None = None) -> tuple[Tensor, Tensor]:
+        """Mean next/previous-word loss over both directions (with `per`, their summed loss
+        over 2 * per predictions instead), and the label logits [B, C]."""
         enc = self.encoder
         emb = enc.dropout(enc.embedding(ids))
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -89,10 +93,17 @@ class BiLM(nn.Module):
         dropped = enc.dropout(out)
         # forward half at t predicts t+1; backward half at t predicts t-1
         fwd_mask = valid[:, 1:]
-        fwd = self.softmax(dropped[:, :-1, :hidden][fwd_mask], ids[:, 1:][fwd_mask]).loss
-        bwd = self.softmax(dropped[:, 1:, hidden:][fwd_mask], ids[:, :-1][fwd_mask]).loss
+        # The adaptive softmax copies each cluster's log-probabilities into a tensor made
+        # like its input; autocast's per-op casts would mix their dtypes, so under mixed
+        # precision it runs in float32 (in fp32 training both lines change nothing).
+        with torch.autocast(out.device.type, enabled=False):
+            fwd = self.softmax(dropped[:, :-1, :hidden][fwd_mask].float(), ids[:, 1:][fwd_mask])
+            bwd = self.softmax(dropped[:, 1:, hidden:][fwd_mask].float(), ids[:, :-1][fwd_mask])
         pooled = out.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(1).values
-        return (fwd + bwd) / 2, enc.head(enc.dropout(pooled))
+        logits = enc.head(enc.dropout(pooled))
+        if per is None:
+            return (fwd.loss + bwd.loss) / 2, logits
+        return -(fwd.output.sum() + bwd.output.sum()) / (2 * per), logits
 
 
 class BiLMJob:
@@ -103,8 +114,12 @@ class BiLMJob:
 
     def __init__(self, net: BiLM, train: tuple[list[list[int]], list[int] | None],
                  val: tuple[list[list[int]], list[int] | None], batch_size: int, seed: int,
-                 label_weight: float = 0.0) -> None:
+                 label_weight: float = 0.0, part: Part | None = None) -> None:
         self.net = net
+        self.part = part or Part()
+        # The label head goes unused without labels, and a tail cluster of the adaptive
+        # softmax in a batch without its words: DDP must look for unused parameters.
+        self.unused_parameters = True
         self.train_ids, self.train_labels = train
         self.val_ids, self.val_labels = val
         self.batch_size = batch_size
@@ -116,20 +131,31 @@ class BiLMJob:
         """This epoch's batches of chunk indices (the same for the same seed and epoch)."""
         return bucket_batches(self._lengths, self.batch_size, random.Random(self.seed * 100_003 + epoch))
 
-    def _run(self, seqs: list[list[int]], labels: list[int] | None,
-             rows: list[int]) -> tuple[Tensor, Tensor]:
+    def _run(self, seqs: list[list[int]], labels: list[int] | None, rows: list[int],
+             whole: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """LM and label loss of `rows`: means over them, or, given the `whole` global batch
+        they are part of, their summed losses over its word and text counts."""
         ids, lengths = pad_batch([seqs[i] for i in rows])
         device = self.net.softmax.head.weight.device
-        lm, logits = self.net.losses(ids.to(device), lengths)
+        per = None if whole is None else sum(len(seqs[i]) - 1 for i in whole)
+        lm, logits = self.net.losses(to_device(ids, device), lengths, per)
         if labels is None:
             return lm, torch.zeros((), device=device)
-        target = torch.tensor([labels[i] for i in rows], device=device)
-        return lm, F.cross_entropy(logits, target)
+        target = to_device(torch.tensor([labels[i] for i in rows]), device)
+        if whole is None:
+            return lm, F.cross_entropy(logits, target)
+        return lm, F.cross_entropy(logits, target, reduction="sum") / len(whole)
 
     def loss(self, batch: list[int]) -> tuple[Tensor, int]:
-        """LM loss plus, with labels, `label_weight` times the label cross-entropy."""
-        lm, label = self._run(self.train_ids, self.train_labels, batch)
-        return lm + self.label_weight * label, len(batch)
+        """LM loss plus, with labels, `label_weight` times the label cross-entropy; under
+        torchrun this rank's share of it (see ClassifierJob.loss)."""
+        if self.part.world_size == 1:
+            lm, label = self._run(self.train_ids, self.train_labels, batch)
+            return lm + self.label_weight * label, len(batch)
+        mine = self.part.strided(batch)
+        lm, label = self._run(self.train_ids, self.train_labels, mine or batch[:1], batch)
+        weight = 1.0 if mine else 0.0  # a rank without rows runs one, weighted zero
+        return (lm + self.label_weight * label) * weight, len(mine)
 
     def evaluate(self) -> dict[str, Any]:
         """Validation LM loss (nats per word, both directions) and perplexity; label loss too."""

@@ -1,5 +1,7 @@
 """The training loop shared by both tasks: AdamW, clipping, warm-up + cosine schedule,
-evaluation, early stopping, best-weights tracking, and checkpoints that resume exactly."""
+evaluation, early stopping, best-weights tracking, and checkpoints that resume exactly; in one
+process or data-parallel under torchrun (rank 0 evaluates, logs and writes), in fp32 or mixed
+precision."""
 
 from __future__ import annotations
 
@@ -17,15 +19,24 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-__all__ = ["FitResult", "Job", "TrainConfig", "WorkDirBusy", "fit"]
+from . import distributed
+from .device import autocast, check_precision, grad_scaler
+
+__all__ = ["CheckpointMismatch", "FitResult", "Job", "TrainConfig", "WorkDirBusy", "fit"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
 
 
+LOG_FILE = "metrics.jsonl"
+
+
 class WorkDirBusy(Exception):
     """Another training run holds the work dir."""
-LOG_FILE = "metrics.jsonl"
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint to resume was written by a run of another world size."""
 
 
 @dataclass
@@ -51,6 +62,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # each layer below the top learns at the rate above / this (ULMFiT)
     unfreeze_every: int = 0  # steps; > 0: the top layer trains alone, one more every N steps
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a loss scaler)
 
 
 class Job(Protocol):
@@ -69,7 +81,11 @@ class Job(Protocol):
     def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
     # Optional: `layers() -> list[list[tuple[str, Parameter]]]`, the net's parameters by
     # layer from the top (the head) down, for `lr_decay` and `unfreeze_every`; without it
-    # the whole net is one layer.
+    # the whole net is one layer. `unused_parameters = True` when a step may leave some
+    # parameters without a gradient (DDP must then look for them).
+    # Under torchrun every rank gets the same global batches from `batches`, and `loss`
+    # returns this rank's share of the batch's mean loss: the ranks' shares (and their
+    # gradients, which DDP sums) add up to the mean of one process.
 
 
 @dataclass
@@ -169,10 +185,12 @@ def _better(job: Job, new: float, best: float | None) -> bool:
 
 
 class _Log:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -191,17 +209,67 @@ def _claim(work_dir: Path) -> IO[str]:
     return handle
 
 
+class _JobLoss(nn.Module):
+    """The job's loss as a module's forward: DDP prepares its gradient all-reduce in forward."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.net, self.job = job.net, job
+
+    def forward(self, batch: Any) -> tuple[Tensor, int]:
+        return self.job.loss(batch)
+
+
 def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> FitResult:
-    """Train `job.net`; checkpoints and the JSONL log go to `work_dir`."""
-    with _claim(work_dir):
-        return _fit(job, cfg, work_dir, resume)
+    """Train `job.net`; checkpoints and the JSONL log go to `work_dir` (from rank 0 alone)."""
+    cluster = distributed.current()
+    if cluster.world_size == 1:
+        with _claim(work_dir):
+            return _fit(job, cfg, work_dir, resume, cluster)
+    lock, busy = None, ""
+    if cluster.is_main:
+        try:
+            lock = _claim(work_dir)
+        except WorkDirBusy as e:
+            busy = str(e)
+    busy = distributed.broadcast(busy)  # every rank stops, not rank 0 alone
+    if busy:
+        raise WorkDirBusy(busy)
+    try:
+        return _fit(job, cfg, work_dir, resume, cluster)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
+def _load_checkpoint(path: Path, resume: bool, cluster: distributed.Cluster) -> Any:
+    """The checkpoint to resume from, or None; rank 0 reads it and hands it to the others,
+    so ranks on other machines need no shared file system."""
+    ck = torch.load(path, weights_only=True) if cluster.is_main and resume and path.exists() \
+        else None
+    if cluster.world_size > 1:
+        ck = distributed.broadcast(ck)
+    if ck is not None and ck.get("world_size", 1) != cluster.world_size:
+        raise CheckpointMismatch(
+            f"{path} was written by {ck.get('world_size', 1)} process(es), this run has "
+            f"{cluster.world_size}: each rank's data share and random stream are in it, so "
+            f"resume with the same number of processes, or start afresh without --resume")
+    return ck
+
+
+def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
+         cluster: distributed.Cluster) -> FitResult:
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    # Each rank its own random stream (dropout masks), rank 0 the seed's: the same masks on
+    # every rank would drop the same units of different rows.
+    torch.manual_seed(cfg.seed + 1_000_003 * cluster.rank)
+    main, world = cluster.is_main, cluster.world_size
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
     net = job.net
+    device = next(net.parameters()).device
+    check_precision(cfg.precision, device, net)
+    scaler = grad_scaler(cfg.precision, device)
     layers = _layers(job)
     optimizer = torch.optim.AdamW(_param_groups(layers, cfg), lr=cfg.lr)
     unfreeze = _Unfreezing(layers, cfg.unfreeze_every)
@@ -213,7 +281,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
     schedule = _Schedule(cfg, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    log = _Log(work_dir / LOG_FILE)
+    log = _Log(work_dir / LOG_FILE, main)
     ckpt_path = work_dir / CHECKPOINT_FILE
 
     step, epoch, start_batch, elapsed_before, bad_evals = 0, 0, 0, 0.0, 0
@@ -221,39 +289,62 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     best_eval: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)
+    ck = _load_checkpoint(ckpt_path, resume, cluster)
+    if ck is not None:
         net.load_state_dict(ck["net"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        if "cuda_rng" in ck and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
-        job.load_extra_state(ck["extra"])
+        own = ck["ranks"][cluster.rank] if world > 1 else ck
+        torch.set_rng_state(own["rng"])
+        if "cuda_rng" in own and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(own["cuda_rng"])
+        job.load_extra_state({k: v.to(device) for k, v in own["extra"].items()})
+        if scaler is not None and "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
         if averaged is not None:
             averaged.load_state_dict(ck["ema"])
         best_state, best_eval, history = ck["best_state"], ck["best_eval"], ck["history"]
         step, epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
         best_metric, bad_evals, elapsed_before = ck["best_metric"], ck["bad_evals"], ck["elapsed"]
-    elif work_dir.joinpath(LOG_FILE).exists():
+    elif main and work_dir.joinpath(LOG_FILE).exists():
         work_dir.joinpath(LOG_FILE).unlink()
+    if world > 1:
+        # Gradual unfreezing switches parameters on later: DDP must know them from the start.
+        unfreeze.at(2**62)
+        model: nn.Module | None = distributed.wrap_ddp(
+            _JobLoss(job), device,
+            find_unused=cfg.unfreeze_every > 0 or getattr(job, "unused_parameters", False))
+    else:
+        model = None
 
     started = time.monotonic()
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - started
 
+    def rank_state() -> dict[str, Any]:
+        """What differs between ranks: the random streams and the job's carried state."""
+        extra = job.extra_state()
+        return ({"rng": torch.get_rng_state(),
+                 "extra": {k: v.cpu() for k, v in extra.items()} if world > 1 else extra}
+                | ({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available()
+                   else {}))
+
     def save_checkpoint(next_batch: int, next_epoch: int) -> None:
+        own = rank_state()
+        ranks = distributed.gather(own) if world > 1 else None  # rank 0 writes them all
+        if not main:
+            return
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "extra": job.extra_state(), "best_state": best_state, "best_eval": best_eval,
-                    "history": history, "step": step, "epoch": next_epoch, "batch": next_batch,
-                    "best_metric": best_metric, "bad_evals": bad_evals, "elapsed": elapsed(),
-                    "config": asdict(cfg)}
+        torch.save(own | {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(),
+                          "best_state": best_state, "best_eval": best_eval,
+                          "history": history, "step": step, "epoch": next_epoch,
+                          "batch": next_batch, "best_metric": best_metric,
+                          "bad_evals": bad_evals, "elapsed": elapsed(), "config": asdict(cfg)}
                    | ({"ema": averaged.state_dict()} if averaged is not None else {})
-                   | ({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available()
-                      else {}), tmp)
+                   | ({"scaler": scaler.state_dict()} if scaler is not None else {})
+                   | ({"world_size": world, "ranks": ranks} if ranks is not None else {}), tmp)
         tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
 
     def run_eval() -> bool:
@@ -263,10 +354,14 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
         if averaged is not None:  # evaluate (and keep) the average in the net's place
             live = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.load_state_dict(averaged.module.state_dict())
-        net.eval()
-        with torch.inference_mode():
-            result = job.evaluate()
-        net.train()
+        result: dict[str, Any] = {}
+        if main:  # the weights are the same on every rank; the others wait for the result
+            net.eval()
+            with torch.inference_mode():
+                result = job.evaluate()
+            net.train()
+        if world > 1:
+            result = distributed.broadcast(result)
         record = {"step": step, "epoch": round(step / per_epoch, 3), "elapsed_s": round(elapsed(), 1),
                   "eval": result}
         history.append(record)
@@ -279,13 +374,13 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             bad_evals += 1
         if live is not None:
             net.load_state_dict(live)
-        if bar is not None:
+        if main:
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                     if isinstance(v, float)))
         return cfg.patience > 0 and bad_evals >= cfg.patience
 
-    bar = tqdm(total=total, initial=step, disable=not cfg.progress, dynamic_ncols=True,
-               desc="train")
+    bar = tqdm(total=total, initial=step, disable=not (cfg.progress and main),
+               dynamic_ncols=True, desc="train")
     stopped = ""
     net.train()
     window_loss, window_items, window_start = 0.0, 0, time.monotonic()
@@ -293,20 +388,38 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
         batches = job.batches(epoch)
         for index in range(start_batch, len(batches)):
             unfreeze.at(step)
-            loss, items = job.loss(batches[index])
+            with autocast(cfg.precision, device):
+                out: tuple[Tensor, int] = (model if model is not None else job.loss)(batches[index])
+            loss, items = out
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()  # type: ignore[no-untyped-call]
+                grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+                optimizer.step()
+            else:  # fp16: clip the true gradient; a step with inf/nan is skipped
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                scaler.unscale_(optimizer)
+                grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             if averaged is not None:
                 averaged.update_parameters(net)
             step += 1
-            schedule.observe(step, elapsed())
+            now = elapsed()
+            if world > 1 and cfg.max_minutes is not None:
+                # Rank 0's clock for all (the others contribute 0 to the sum): the schedule
+                # fitted to the time budget and the stop must be the same on every rank.
+                now = distributed.all_sum([now if main else 0.0], device)[0]
+            schedule.observe(step, now)
             window_loss += loss.item()
             window_items += items
             bar.update(1)
             if step % cfg.log_every == 0:
+                if world > 1:  # each rank holds its share of the loss and of the items
+                    window_loss, window_items_f = distributed.all_sum(
+                        [window_loss, float(window_items)], device)
+                    window_items = int(window_items_f)
                 speed = window_items / max(1e-9, time.monotonic() - window_start)
                 record = {"step": step, "epoch": round(step / per_epoch, 3),
                           "loss": window_loss / cfg.log_every, "lr": scheduler.get_last_lr()[0],
@@ -321,7 +434,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool) -> FitResult:
             if step >= total:
                 stopped = "max steps reached" if cfg.max_steps is not None else "epochs done"
             elif step >= schedule.total or (cfg.max_minutes is not None
-                                            and elapsed() >= cfg.max_minutes * 60):
+                                            and now >= cfg.max_minutes * 60):
                 stopped = "time budget spent"
             if (due or stopped) and run_eval() and not stopped:
                 stopped = "early stop: no improvement"

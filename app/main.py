@@ -24,6 +24,7 @@ from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
+from app.routes.playground import install_playground
 from app.settings import Settings, load_settings
 
 __all__ = ["app", "create_app"]
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, generate, score, models, admin, metrics, health):
         app.include_router(module.router)
     install_docs(app)
+    install_playground(app)
     install_openapi(app, settings)
     return app
 

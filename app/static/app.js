@@ -50,7 +50,7 @@ async function run(section, work) {
   try {
     await work();
   } catch (error) {
-    showError(section, error);
+    if (error.name !== "AbortError") showError(section, error);  // Stop is not an error
   } finally {
     button.disabled = false;
   }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +153,23 @@ def test_an_api_error_is_shown_with_its_message(page: Browser) -> None:
     page.fill("#max-tokens", "5")
     page.click("#generate-form button[type=submit]")
     page.wait_for("document.querySelector('#generate .error').hidden")
+
+
+def test_stop_ends_the_stream_and_the_server_drops_the_generation(served: tuple[str, FastAPI],
+                                                                   page: Browser) -> None:
+    _, app = served
+    generator = app.state.registry.entries["shakespeare"].generator
+    page.click("#tab-generate")
+    page.fill("#max-tokens", "300")
+    with slowed_steps(generator, 0.05):  # 300 steps: 15 s unless stopped
+        page.click("#generate-form button[type=submit]")
+        page.wait_for("document.querySelector('#generate-output .generated').textContent.length >= 3")
+        page.click("#generate-stop")
+        info = page.wait_for("document.querySelector('#generate-info').textContent")
+        assert info.startswith("stopped after")
+        assert int(info.split()[2]) < 300
+        assert page.evaluate("document.querySelector('#generate .error').hidden")
+        deadline = time.monotonic() + 10
+        while generator.active + generator.waiting > 0:
+            assert time.monotonic() < deadline, "the server kept generating"
+            time.sleep(0.05)

@@ -21,7 +21,7 @@ from app.generation import Generator, make_generator
 from app.metrics import MODEL_READY
 from app.settings import Settings
 from textrnn.artifact import Artifact, ArtifactError, load_artifact
-from textrnn.inference import classify_logits, sequence_logprobs
+from textrnn.inference import classify_logits, token_logprobs
 from textrnn.nets import CharLM, RNNClassifier
 from textrnn.tokenization import encode_batch
 
@@ -195,16 +195,23 @@ def _score_batch(artifact: Artifact) -> Callable[[list[str]], list[dict[str, Any
 
     def run(texts: list[str]) -> list[dict[str, Any]]:
         with torch.inference_mode():
-            seqs = encode_batch(artifact.tokenizer, texts)
-            sums = sequence_logprobs(net, seqs).cpu().tolist()
+            encodings = artifact.tokenizer.encode_batch(texts, add_special_tokens=False)
+            seqs = [e.ids for e in encodings]
+            logp = token_logprobs(net, seqs)  # B T-1
+            sums = logp.sum(1).cpu().tolist()  # summed where it was computed: totals unchanged
+            logp = logp.cpu()
         out = []
-        for seq, total in zip(seqs, sums, strict=True):
+        for i, (seq, total) in enumerate(zip(seqs, sums, strict=True)):
             n = len(seq) - 1
+            # Per-token values ride along unconverted (a view, an Encoding): only a request
+            # that asks for details pays for turning them into lists.
+            row = {"encoding": encodings[i], "token_logprobs": logp[i, :max(n, 0)]}
             if n < 1:
-                out.append({"tokens": 0, "log_prob": 0.0, "perplexity": None, "bits_per_char": None})
+                out.append(row | {"tokens": 0, "log_prob": 0.0, "perplexity": None,
+                                  "bits_per_char": None})
                 continue
-            out.append({"tokens": n, "log_prob": total, "perplexity": math.exp(-total / n),
-                        "bits_per_char": -total / n / math.log(2)})
+            out.append(row | {"tokens": n, "log_prob": total, "perplexity": math.exp(-total / n),
+                              "bits_per_char": -total / n / math.log(2)})
         return out
     return run
 

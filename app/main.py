@@ -25,6 +25,7 @@ from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score
 from app.routes.docs import install_docs
+from app.routes.playground import install_playground
 from app.settings import Settings, load_settings
 from app.sighup import install_sighup_reload
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if module is not admin or settings.admin_keys:  # no admin keys: no admin routes (404)
             app.include_router(module.router)
     install_docs(app)
+    install_playground(app)
     install_openapi(app, settings)
     return app
 

@@ -26,12 +26,16 @@ __all__ = ["ServiceMiddleware", "is_public"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC = frozenset({"/health/live", "/health/ready", "/docs", "/redoc", "/openapi.json"})
 _PUBLIC_PREFIX = "/docs-assets/"
+_PLAYGROUND_PREFIX = "/playground/"
 
 
-def is_public(path: str, settings: Settings) -> bool:
-    """Paths served without a key and while draining: probes, docs, and /metrics unless
-    RNN_PROTECT_METRICS. Everything else (unknown paths too) is checked first."""
+def is_public(path: str, settings: Settings, method: str = "") -> bool:
+    """Paths served without a key and while draining: probes, docs, the playground page
+    (GET / only: POST / generates) and its assets, and /metrics unless RNN_PROTECT_METRICS.
+    Everything else (unknown paths too) is checked first."""
     if path in _PUBLIC or path.startswith(_PUBLIC_PREFIX):
+        return True
+    if path.startswith(_PLAYGROUND_PREFIX) or (path == "/" and method in ("GET", "HEAD")):
         return True
     return path == "/metrics" and not settings.protect_metrics
 
@@ -109,8 +113,8 @@ class ServiceMiddleware:
         try:
             if length > limit:
                 await _send_413(send_wrapped, limit)
-            elif is_public(scope["path"], self.settings) or await self._admit(scope, headers,
-                                                                                send_wrapped):
+            elif (is_public(scope["path"], self.settings, scope["method"])
+                  or await self._admit(scope, headers, send_wrapped)):
                 await self.app(scope, receive_limited, send_wrapped)
         finally:
             route: Any = scope.get("route")

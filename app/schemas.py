@@ -18,6 +18,9 @@ __all__ = [
     "GenerateRequest",
     "GenerateResponse",
     "LabelScore",
+    "PrefillToken",
+    "ScoreDetails",
+    "ScoreParameters",
     "ScoreRequest",
     "ScoreResult",
     "StreamDetails",
@@ -179,11 +182,34 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
+class ScoreParameters(_Strict):
+    """Options of /score."""
+
+    details: bool = Field(False, description="Also return every token of each text with its "
+                          "log-probability given its prefix (as TGI's decoder_input_details).")
+
+
 class ScoreRequest(_Strict):
     """Texts to score under a language model."""
 
     inputs: str | list[str] = Field(..., examples=["To be, or not to be"])
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"])
+    parameters: ScoreParameters = Field(default_factory=ScoreParameters)
+
+
+class PrefillToken(BaseModel):
+    """A token of the input and its log-probability given the tokens before it."""
+
+    id: int
+    text: str = Field(description="The characters of the input this token covers.")
+    logprob: float | None = Field(description="Natural log; null for the first token, which "
+                                  "has no prefix to be predicted from.")
+
+
+class ScoreDetails(BaseModel):
+    """Every token of a scored text, in order."""
+
+    tokens: list[PrefillToken]
 
 
 class ScoreResult(BaseModel):
@@ -193,3 +219,5 @@ class ScoreResult(BaseModel):
     log_prob: float = Field(description="Sum of natural-log probabilities.")
     perplexity: float | None = Field(description="exp(-log_prob / tokens); null if none.")
     bits_per_char: float | None = Field(description="-log2 probability per token; null if none.")
+    details: ScoreDetails | None = Field(None, description="Per-token log-probabilities, "
+                                         "when `parameters.details` is true.")

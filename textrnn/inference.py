@@ -7,7 +7,7 @@ from torch import Tensor
 
 from textrnn.nets import CharLM, RNNClassifier
 
-__all__ = ["classify_logits", "pad_batch", "sequence_logprobs"]
+__all__ = ["classify_logits", "pad_batch", "sequence_logprobs", "token_logprobs"]
 
 
 def pad_batch(seqs: list[list[int]], device: torch.device | str = "cpu",
@@ -27,16 +27,21 @@ def classify_logits(net: RNNClassifier, seqs: list[list[int]], unk: int = 1) -> 
     return logits
 
 
-def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
-    """Sum over each sequence of log p(token_t | tokens_<t) for t >= 1, as a [B] tensor.
+def token_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
+    """log p(token_t | tokens_<t) for t >= 1 as a [B, T-1] tensor, zero past each row's end.
 
     Padding goes after the text, and the net reads left to right, so it never changes a row.
     """
     device = net.head.weight.device
     ids, lengths = pad_batch(seqs, device)
     if ids.size(1) < 2:
-        return torch.zeros(len(seqs), device=device)
+        return torch.zeros(len(seqs), 0, device=device)
     logits, _ = net(ids[:, :-1])  # B T-1 V
     logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]  # B T-1
     mask = torch.arange(ids.size(1) - 1, device=device)[None, :] < (lengths.to(device) - 1)[:, None]
-    return (logp * mask).sum(1)
+    return logp * mask
+
+
+def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
+    """Sum over each sequence of log p(token_t | tokens_<t) for t >= 1, as a [B] tensor."""
+    return token_logprobs(net, seqs).sum(1)

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="server processes; each loads its own copy of the models")
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
                         help="seconds in-flight requests may take to finish after SIGTERM")
+    parser.add_argument("--worker-start-timeout", type=int, default=60,
+                        help="seconds a worker may take to load the models when SIGHUP "
+                             "replaces it (uvicorn's default, 5 s, is too short for large models)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
                     timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+                    timeout_worker_healthcheck=args.worker_start_timeout,
                     log_level=args.log_level)
     finally:
         if made is not None:

@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 TORCH ?= cpu
 HOST ?= 0.0.0.0
 PORT ?= 8000
+# Server processes on the port (`make serve WORKERS=4`); each loads its own copy of the models.
+WORKERS ?= 1
 SHARED ?= ../shared/data
 
 .PHONY: setup serve test lint train-sentiment train-sentiment-scratch train-lm compare bench clean
@@ -27,7 +29,7 @@ $(VENV)/.installed: $(VENV)/.torch-$(TORCH) pyproject.toml
 setup: $(VENV)/.installed  ## create .venv with torch and the package (dev and train extras)
 
 serve: setup  ## serve the models in models/ on :8000
-	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(PY) -m app.serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: setup  ## the whole test suite
 	$(PY) -m pytest

@@ -1,0 +1,63 @@
+"""`python -m app.serve --workers N`: uvicorn with N server processes on one port, whose
+`/metrics` adds up every process's metrics."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from app.settings import load_settings
+
+__all__ = ["main", "prepare_metrics_dir"]
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """Make `path` an empty folder for the processes' metric files: values a previous run
+    left there would be added to this run's."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve `app.main:app` with uvicorn; with several workers, in prometheus-client's
+    multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a temporary folder unless set)."""
+    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes; each loads its own copy of the models")
+    parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
+                        help="seconds in-flight requests may take to finish after SIGTERM")
+    parser.add_argument("--worker-start-timeout", type=int, default=60,
+                        help="seconds a worker may take to load the models when SIGHUP "
+                             "replaces it (uvicorn's default, 5 s, is too short for large models)")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
+    load_settings()  # a bad RNN_* setting is reported once here, not once per worker
+    made = None
+    if args.workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            made = tempfile.mkdtemp(prefix="textrnn-metrics-")
+            # Read by prometheus-client when each worker imports it: set before they start.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        prepare_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
+                    timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+                    timeout_worker_healthcheck=args.worker_start_timeout,
+                    log_level=args.log_level)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 __all__ = [
     "ACTIVE_SEQUENCES",
@@ -92,31 +92,3 @@ def collecting_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
     return registry
-
-
-def _unrecorded_init(self: object, *args: object, **kwargs: object) -> None:
-    pass
-
-
-def _unrecorded(self: object, *args: object, **kwargs: object) -> None:
-    pass
-
-
-def _unrecorded_get(self: object) -> float:
-    return 0.0
-
-
-def _record_nothing_after_fork() -> None:
-    """In a process forked from a server (a generation worker), every metric call does
-    nothing: the server records what the child does, once, and the child's values would be
-    counted a second time. Nor may the child touch the files it inherited: it closes the
-    server's descriptors, and it may have been forked while a server thread held the lock
-    around them."""
-    cls = values.ValueClass
-    cls.__init__ = _unrecorded_init
-    cls.inc = cls.set = cls.set_exemplar = _unrecorded
-    cls.get = _unrecorded_get
-
-
-if multiprocess_dir() is not None:
-    os.register_at_fork(after_in_child=_record_nothing_after_fork)

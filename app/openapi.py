@@ -26,6 +26,13 @@ _ANSWERS = {
     "503": "Queue full, model failed to load, or shutting down (see Retry-After)",
     "504": "Waited past RNN_REQUEST_TIMEOUT_S",
 }
+_BODY_ANSWERS = {  # every operation that takes a JSON body
+    "400": "Body is not UTF-8, or not JSON",
+    "408": "Body not received within RNN_BODY_TIMEOUT_S; the connection is closed",
+    "415": "Body sent without 'Content-Type: application/json'",
+}
+_SERVER_FAULT = {"500": "Server fault (never for client input); the body says nothing more, "
+                        "the log has the traceback under the X-Request-Id"}
 _GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
             "/models/{name}", "/admin/reload")
 
@@ -60,9 +67,14 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             values = [v for v in allowed if v is not None]
             params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),
                             "description": "TGI parameter not implemented; neutral value only."}
-        for path in _GUARDED:
-            for operation in spec["paths"].get(path, {}).values():
-                for code, description in _ANSWERS.items():
+        for path, item in spec["paths"].items():
+            for method, operation in item.items():
+                answers = dict(_SERVER_FAULT)
+                if path in _GUARDED:
+                    answers |= _ANSWERS
+                if method == "post":
+                    answers |= _BODY_ANSWERS
+                for code, description in answers.items():
                     operation["responses"][code] = {
                         "description": description,
                         "content": {"application/json": {"schema": {

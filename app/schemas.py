@@ -4,9 +4,9 @@ text-generation-inference (TGI), with limits and examples for the OpenAPI page."
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "NEUTRAL_TGI",
@@ -22,6 +22,7 @@ __all__ = [
     "ScoreResult",
     "StreamDetails",
     "StreamResponse",
+    "Text",
     "Token",
 ]
 
@@ -31,6 +32,31 @@ ModelName = Field(None, pattern=MODEL_NAME, description="Model folder name; defa
                   "default model.", examples=["sentiment"])
 
 
+def _valid_unicode(value: str, where: str = "text") -> str:
+    # JSON may carry a lone surrogate ("\\ud800"), which no tokenizer, JSON encoder or log
+    # line can take: refused here, per request, before it reaches a batch.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where} holds a lone surrogate U+{ord(value[e.start]):04X} at "
+                         f"character {e.start}; send valid Unicode (a surrogate pair or the "
+                         "character itself)") from None
+    return value
+
+
+def _valid_texts(value: str | list[str]) -> str | list[str]:
+    """`inputs` (a text or a list of texts) checked by `_valid_unicode`, naming the index."""
+    if isinstance(value, str):
+        return _valid_unicode(value, "inputs")
+    for i, text in enumerate(value):
+        _valid_unicode(text, f"inputs[{i}]")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Texts = Annotated[str | list[str], AfterValidator(_valid_texts)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,7 +64,8 @@ class _Strict(BaseModel):
 class ClassifyParameters(_Strict):
     """Options of /classify."""
 
-    top_k: int | None = Field(None, ge=1, le=1000, description="Return only the best k labels.")
+    top_k: int | None = Field(None, ge=1, le=1000, strict=True,
+                              description="Return only the best k labels.")
     function_to_apply: Literal["softmax", "none"] | None = Field(
         None, description="Accepted for Hugging Face compatibility; scores are softmax.")
 
@@ -46,7 +73,7 @@ class ClassifyParameters(_Strict):
 class ClassifyRequest(_Strict):
     """One text or a list of texts to classify."""
 
-    inputs: str | list[str] = Field(..., description="A text or a list of texts.",
+    inputs: Texts = Field(..., description="A text or a list of texts.",
                                     examples=[["a gripping, beautiful film", "dull and lifeless"]])
     model: str | None = ModelName
     parameters: ClassifyParameters = Field(default_factory=ClassifyParameters)
@@ -69,20 +96,27 @@ NEUTRAL_TGI: dict[str, tuple[Any, ...]] = {
 class GenerateParameters(_Strict):
     """Sampling parameters, named as in TGI."""
 
-    max_new_tokens: int = Field(100, ge=1, description="Characters to generate at most.")
-    temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
+    # strict=True: "5", 5.0 and true are not integers, "0.8" is not a number and 0 is not a
+    # boolean, as TGI's own parser says; a client is never silently misunderstood.
+    max_new_tokens: int = Field(100, ge=1, strict=True,
+                                description="Characters to generate at most.")
+    temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, strict=True,
                                       description="0 means greedy.")
-    top_k: int | None = Field(None, ge=0, le=100_000, description="Keep the k likeliest.")
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
+    top_k: int | None = Field(None, ge=0, le=100_000, strict=True,
+                              description="Keep the k likeliest.")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, strict=True,
                                 description="Keep the smallest set with this much mass.")
     repetition_penalty: float | None = Field(None, gt=0, le=100, allow_inf_nan=False,
+                                             strict=True,
                                              description="Above 1 discourages repeats.")
-    do_sample: bool | None = Field(None, description="Sample; default: when a warper is set.")
+    do_sample: bool | None = Field(None, strict=True,
+                                   description="Sample; default: when a warper is set.")
     # 2**53: the largest integer every JSON client (and JSON Schema checker) holds exactly.
-    seed: int | None = Field(None, ge=0, le=2**53, description="Same seed, same text.")
-    stop: list[str] = Field(default_factory=list, max_length=16,
-                            description="Stop sequences; the text ends with the one that hit.")
-    details: bool = Field(False, description="Return finish reason, seed and tokens.")
+    seed: int | None = Field(None, ge=0, le=2**53, strict=True,
+                             description="Same seed, same text.")
+    stop: list[Text] = Field(default_factory=list, max_length=16,
+                             description="Stop sequences; the text ends with the one that hit.")
+    details: bool = Field(False, strict=True, description="Return finish reason, seed and tokens.")
     # TGI parameters we accept only at their neutral values (see NEUTRAL_TGI).
     best_of: int | None = None
     truncate: int | None = None
@@ -129,11 +163,11 @@ class GenerateParameters(_Strict):
 class GenerateRequest(_Strict):
     """A prompt and sampling parameters (TGI's /generate body)."""
 
-    inputs: str = Field(..., min_length=1, description="The prompt.", examples=["ROMEO:"])
+    inputs: Text = Field(..., min_length=1, description="The prompt.", examples=["ROMEO:"])
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"],
                               description="Model folder name; default: the default generator.")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
-    stream: bool = Field(False, description="Answer as server-sent events.")
+    stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "inputs": "ROMEO:", "parameters": {"max_new_tokens": 200, "temperature": 0.8,
@@ -182,7 +216,7 @@ class StreamResponse(BaseModel):
 class ScoreRequest(_Strict):
     """Texts to score under a language model."""
 
-    inputs: str | list[str] = Field(..., examples=["To be, or not to be"])
+    inputs: Texts = Field(..., examples=["To be, or not to be"])
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"])
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "StreamDetails",
     "StreamResponse",
     "Text",
+    "Texts",
     "Token",
 ]
 
@@ -58,14 +59,16 @@ Texts = Annotated[str | list[str], AfterValidator(_valid_texts)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "5", 5.0 and true are not integers, "0.8" and false are not numbers, 0 is not a
+    # boolean, as TGI's own parser says: a client is never silently misunderstood. (A whole
+    # model, so that every parameter added later holds the same contract.)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ClassifyParameters(_Strict):
     """Options of /classify."""
 
-    top_k: int | None = Field(None, ge=1, le=1000, strict=True,
-                              description="Return only the best k labels.")
+    top_k: int | None = Field(None, ge=1, le=1000, description="Return only the best k labels.")
     function_to_apply: Literal["softmax", "none"] | None = Field(
         None, description="Accepted for Hugging Face compatibility; scores are softmax.")
 
@@ -96,27 +99,20 @@ NEUTRAL_TGI: dict[str, tuple[Any, ...]] = {
 class GenerateParameters(_Strict):
     """Sampling parameters, named as in TGI."""
 
-    # strict=True: "5", 5.0 and true are not integers, "0.8" is not a number and 0 is not a
-    # boolean, as TGI's own parser says; a client is never silently misunderstood.
-    max_new_tokens: int = Field(100, ge=1, strict=True,
-                                description="Characters to generate at most.")
-    temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, strict=True,
+    max_new_tokens: int = Field(100, ge=1, description="Characters to generate at most.")
+    temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False,
                                       description="0 means greedy.")
-    top_k: int | None = Field(None, ge=0, le=100_000, strict=True,
-                              description="Keep the k likeliest.")
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, strict=True,
+    top_k: int | None = Field(None, ge=0, le=100_000, description="Keep the k likeliest.")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
                                 description="Keep the smallest set with this much mass.")
     repetition_penalty: float | None = Field(None, gt=0, le=100, allow_inf_nan=False,
-                                             strict=True,
                                              description="Above 1 discourages repeats.")
-    do_sample: bool | None = Field(None, strict=True,
-                                   description="Sample; default: when a warper is set.")
+    do_sample: bool | None = Field(None, description="Sample; default: when a warper is set.")
     # 2**53: the largest integer every JSON client (and JSON Schema checker) holds exactly.
-    seed: int | None = Field(None, ge=0, le=2**53, strict=True,
-                             description="Same seed, same text.")
+    seed: int | None = Field(None, ge=0, le=2**53, description="Same seed, same text.")
     stop: list[Text] = Field(default_factory=list, max_length=16,
                              description="Stop sequences; the text ends with the one that hit.")
-    details: bool = Field(False, strict=True, description="Return finish reason, seed and tokens.")
+    details: bool = Field(False, description="Return finish reason, seed and tokens.")
     # TGI parameters we accept only at their neutral values (see NEUTRAL_TGI).
     best_of: int | None = None
     truncate: int | None = None
@@ -167,7 +163,7 @@ class GenerateRequest(_Strict):
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"],
                               description="Model folder name; default: the default generator.")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
-    stream: bool = Field(False, strict=True, description="Answer as server-sent events.")
+    stream: bool = Field(False, description="Answer as server-sent events.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "inputs": "ROMEO:", "parameters": {"max_new_tokens": 200, "temperature": 0.8,

@@ -5,6 +5,10 @@ collector takes everything waiting (up to `max_batch_size` texts) and runs it as
 the model's inference thread. A lone request never waits for company; batches form from the
 requests that arrive while the worker is busy. `max_wait_ms` may hold a batch open a little
 longer to fill it.
+
+A batch that raises is run again member by member, so that one request's input fails that
+request alone: it gets a 422 when the others in its batch were served, and every other
+member gets its answer.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from app.errors import DeadlineExceeded, Overloaded
+from app.errors import DeadlineExceeded, InvalidInput, Overloaded
+from app.logs import REQUEST_ID
 from app.metrics import BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT
 
 __all__ = ["BatchEngine"]
@@ -34,13 +39,15 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[list[R]]
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
+    request_id: str = field(default_factory=REQUEST_ID.get)  # for the log lines about it
 
 
 class BatchEngine(Generic[T, R]):
     """Collects items from concurrent requests into batches for `run_batch`.
 
     `run_batch(items) -> results` runs in `executor` (one thread per model), one result per
-    item, in order; an exception in it fails only the requests of that batch.
+    item, in order. When it raises, each request of the batch is run alone, and only a
+    request that fails alone fails.
     """
 
     def __init__(self, name: str, run_batch: Callable[[list[T]], list[R]],
@@ -54,6 +61,7 @@ class BatchEngine(Generic[T, R]):
         self.max_wait_s = max_wait_ms / 1000
         self.timeout_s = timeout_s
         self.batches_run = 0
+        self.batches_split = 0  # batches that raised and were run again member by member
         self.running = False
         self._waiting: deque[_Pending[T, R]] = deque()
         self._wakeup = asyncio.Event()
@@ -160,17 +168,67 @@ class BatchEngine(Generic[T, R]):
             self.running = True
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, items)
-            except Exception as exc:  # a failing batch fails its requests, not the collector
-                log.exception("batch of %d items failed on model %s", len(items), self.name)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+            except Exception as exc:  # a failing batch fails no request yet, nor the collector
+                if len(batch) == 1:  # alone already: the route logs it with its request id
+                    _settle(batch[0], exc)
+                else:
+                    await self._run_alone(batch, exc)
                 continue
             finally:
                 self.running = False
             start = 0
             for pending in batch:
                 end = start + len(pending.items)
-                if not pending.future.done():
-                    pending.future.set_result(results[start:end])
+                _settle(pending, results[start:end])
                 start = end
+
+    async def _run_alone(self, batch: list[_Pending[T, R]], exc: Exception) -> None:
+        """Run each request of a batch that raised `exc` on its own. One that fails alone while
+        another succeeds is at fault by its input (422); when all fail, the fault is the
+        server's and each gets its own exception (500)."""
+        self.batches_split += 1
+        _log_for(batch, logging.WARNING, "batch of %d requests failed on model %s (%s); running "
+                 "each alone", len(batch), self.name, type(exc).__name__, exc_info=exc)
+        loop = asyncio.get_running_loop()
+        failed: list[tuple[_Pending[T, R], Exception]] = []
+        served = False
+        for pending in batch:
+            if pending.future.done():  # the client went away meanwhile
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch,
+                                                     list(pending.items))
+            except Exception as error:
+                failed.append((pending, error))
+            else:
+                served = True
+                _settle(pending, results)
+        for pending, alone in failed:
+            if not served:  # a server fault: the route logs it, with its traceback, as a 500
+                _settle(pending, alone)
+                continue
+            _log_for([pending], logging.WARNING, "request failed alone on model %s; answered 422",
+                     self.name, exc_info=alone)
+            _settle(pending, InvalidInput(
+                f"model '{self.name}' could not process the inputs of this request "
+                f"({type(alone).__name__}); the other requests of its batch were served"))
+
+
+def _settle(pending: _Pending[T, R], outcome: list[R] | Exception) -> None:
+    """Resolve a request's future unless it is done already (cancelled by its client)."""
+    if pending.future.done():
+        return
+    if isinstance(outcome, Exception):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)
+
+
+def _log_for(batch: list[_Pending[T, R]], level: int, msg: str, *args: object,
+             exc_info: BaseException) -> None:
+    """Log a line under the request ids of `batch` (the collector runs outside any request)."""
+    token = REQUEST_ID.set(",".join(p.request_id for p in batch))
+    try:
+        log.log(level, msg, *args, exc_info=exc_info)
+    finally:
+        REQUEST_ID.reset(token)

@@ -26,6 +26,7 @@ __all__ = [
     "WrongTask",
     "error_body",
     "install_error_handlers",
+    "printable",
     "send_error",
     "send_json",
 ]
@@ -106,9 +107,26 @@ class DeadlineExceeded(ServiceError):
 INTERNAL_ERROR = b'{"detail":"internal error"}'  # all an unexpected failure tells a client
 
 
+def printable(text: str) -> str:
+    """`text` with what UTF-8 cannot carry (lone surrogates) written as `\\udXXX` escapes, so
+    quoting a client's value in an answer or a log line can never fail to encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _printable_all(value: Any) -> Any:
+    """`printable` applied to every string (keys included) inside lists and dicts."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable_all(k): _printable_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_all(v) for v in value]
+    return value
+
+
 def error_body(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
     """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes)."""
-    body = json.dumps({"detail": str(exc)}, ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps({"detail": printable(str(exc))}, ensure_ascii=False, separators=(",", ":"))
     return exc.status_code, body.encode(), dict(exc.headers or {})
 
 
@@ -138,7 +156,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def _clip(value: Any, limit: int = 80) -> Any:
-    """The offending input itself when it is short and JSON-safe, else a clipped text of it."""
+    """The offending input itself when it is short and JSON-safe, else a clipped text of it
+    (lone surrogates escaped, so that the answer always encodes)."""
     if isinstance(value, str):
         text = value
     else:
@@ -147,8 +166,8 @@ def _clip(value: Any, limit: int = 80) -> Any:
         except (TypeError, ValueError):  # bytes, inf, NaN, ...
             return _clip(repr(value), limit)
     if len(text) <= limit:
-        return value
-    return f"{text[:limit]}... ({len(text)} characters)"
+        return _printable_all(value)
+    return printable(f"{text[:limit]}... ({len(text)} characters)")
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -157,7 +176,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = [{k: (_clip(v) if k == "input" else v) for k, v in err.items() if k != "ctx"}
               | ({"ctx": {k: str(v) for k, v in err["ctx"].items()}} if "ctx" in err else {})
               for err in exc.errors()]
-    return JSONResponse({"detail": detail}, status_code=422)
+    # Locations and messages may quote the client's keys and values: escaped too.
+    return JSONResponse({"detail": _printable_all(detail)}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

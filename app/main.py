@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
 from app.fastpath import ClassifyFastPath
+from app.guard import RequestGuard
 from app.logs import configure_logging
 from app.middleware import ServiceMiddleware
 from app.openapi import install_openapi
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     # Keys and draining are checked by the middleware (see is_public for what is exempt).
     app.add_middleware(ClassifyFastPath, state=app.state)  # inside ServiceMiddleware
+    app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s)  # and above it
     app.add_middleware(ServiceMiddleware, settings=settings, state=app.state)
     for module in (classify, generate, score, models, admin, metrics, health):
         if module is not admin or settings.admin_keys:  # no admin keys: no admin routes (404)

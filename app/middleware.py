@@ -83,7 +83,9 @@ class ServiceMiddleware:
                 length = int(value)
         if not _SAFE_ID.match(request_id):
             request_id = uuid.uuid4().hex
-        token = REQUEST_ID.set(request_id)
+        # Not reset at the end: each request runs in its own task (its own context), and the
+        # server's last lines about it (an unfinished answer) must carry the id too.
+        REQUEST_ID.set(request_id)
         status = 500
         refused = False
         seen = 0
@@ -121,7 +123,6 @@ class ServiceMiddleware:
             label = getattr(route, "path", None) or "unmatched"
             REQUESTS.labels(label, str(status)).inc()
             REQUEST_DURATION.labels(label).observe(time.perf_counter() - start)
-            REQUEST_ID.reset(token)
 
     async def _admit(self, scope: Scope, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
         """False (and the answer sent) when draining or the key is missing or wrong; an admin

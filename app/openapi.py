@@ -30,6 +30,13 @@ _ADMIN_ANSWERS = {  # the admin routes (served only with RNN_ADMIN_KEYS) take an
     "401": "Admin key missing or wrong (RNN_ADMIN_KEYS)",
     "403": "An inference key (RNN_API_KEYS) on an admin route",
 }
+_BODY_ANSWERS = {  # every operation that takes a JSON body
+    "400": "Body is not UTF-8, or not JSON",
+    "408": "Body not received within RNN_BODY_TIMEOUT_S; the connection is closed",
+    "415": "Body sent without 'Content-Type: application/json'",
+}
+_SERVER_FAULT = {"500": "Server fault (never for client input); the body says nothing more, "
+                        "the log has the traceback under the X-Request-Id"}
 _GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
             "/models/{name}", "/admin/reload")
 
@@ -64,9 +71,13 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             values = [v for v in allowed if v is not None]
             params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),
                             "description": "TGI parameter not implemented; neutral value only."}
-        for path in _GUARDED:
-            for operation in spec["paths"].get(path, {}).values():
-                answers = _ANSWERS | (_ADMIN_ANSWERS if path.startswith("/admin/") else {})
+        for path, item in spec["paths"].items():
+            for method, operation in item.items():
+                answers = dict(_SERVER_FAULT)
+                if path in _GUARDED:
+                    answers |= _ANSWERS | (_ADMIN_ANSWERS if path.startswith("/admin/") else {})
+                if method == "post":
+                    answers |= _BODY_ANSWERS
                 for code, description in answers.items():
                     operation["responses"][code] = {
                         "description": description,

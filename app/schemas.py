@@ -4,9 +4,9 @@ text-generation-inference (TGI), with limits and examples for the OpenAPI page."
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "NEUTRAL_TGI",
@@ -25,6 +25,8 @@ __all__ = [
     "ScoreResult",
     "StreamDetails",
     "StreamResponse",
+    "Text",
+    "Texts",
     "Token",
 ]
 
@@ -34,8 +36,36 @@ ModelName = Field(None, pattern=MODEL_NAME, description="Model folder name; defa
                   "default model.", examples=["sentiment"])
 
 
+def _valid_unicode(value: str, where: str = "text") -> str:
+    # JSON may carry a lone surrogate ("\\ud800"), which no tokenizer, JSON encoder or log
+    # line can take: refused here, per request, before it reaches a batch.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where} holds a lone surrogate U+{ord(value[e.start]):04X} at "
+                         f"character {e.start}; send valid Unicode (a surrogate pair or the "
+                         "character itself)") from None
+    return value
+
+
+def _valid_texts(value: str | list[str]) -> str | list[str]:
+    """`inputs` (a text or a list of texts) checked by `_valid_unicode`, naming the index."""
+    if isinstance(value, str):
+        return _valid_unicode(value, "inputs")
+    for i, text in enumerate(value):
+        _valid_unicode(text, f"inputs[{i}]")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Texts = Annotated[str | list[str], AfterValidator(_valid_texts)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "5", 5.0 and true are not integers, "0.8" and false are not numbers, 0 is not a
+    # boolean, as TGI's own parser says: a client is never silently misunderstood. (A whole
+    # model, so that every parameter added later holds the same contract.)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ClassifyParameters(_Strict):
@@ -49,7 +79,7 @@ class ClassifyParameters(_Strict):
 class ClassifyRequest(_Strict):
     """One text or a list of texts to classify."""
 
-    inputs: str | list[str] = Field(..., description="A text or a list of texts.",
+    inputs: Texts = Field(..., description="A text or a list of texts.",
                                     examples=[["a gripping, beautiful film", "dull and lifeless"]])
     model: str | None = ModelName
     parameters: ClassifyParameters = Field(default_factory=ClassifyParameters)
@@ -83,8 +113,8 @@ class GenerateParameters(_Strict):
     do_sample: bool | None = Field(None, description="Sample; default: when a warper is set.")
     # 2**53: the largest integer every JSON client (and JSON Schema checker) holds exactly.
     seed: int | None = Field(None, ge=0, le=2**53, description="Same seed, same text.")
-    stop: list[str] = Field(default_factory=list, max_length=16,
-                            description="Stop sequences; the text ends with the one that hit.")
+    stop: list[Text] = Field(default_factory=list, max_length=16,
+                             description="Stop sequences; the text ends with the one that hit.")
     details: bool = Field(False, description="Return finish reason, seed and tokens.")
     # TGI parameters we accept only at their neutral values (see NEUTRAL_TGI).
     best_of: int | None = None
@@ -132,7 +162,7 @@ class GenerateParameters(_Strict):
 class GenerateRequest(_Strict):
     """A prompt and sampling parameters (TGI's /generate body)."""
 
-    inputs: str = Field(..., min_length=1, description="The prompt.", examples=["ROMEO:"])
+    inputs: Text = Field(..., min_length=1, description="The prompt.", examples=["ROMEO:"])
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"],
                               description="Model folder name; default: the default generator.")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
@@ -192,7 +222,7 @@ class ScoreParameters(_Strict):
 class ScoreRequest(_Strict):
     """Texts to score under a language model."""
 
-    inputs: str | list[str] = Field(..., examples=["To be, or not to be"])
+    inputs: Texts = Field(..., examples=["To be, or not to be"])
     model: str | None = Field(None, pattern=MODEL_NAME, examples=["shakespeare"])
     parameters: ScoreParameters = Field(default_factory=ScoreParameters)
 

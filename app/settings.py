@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(4000, ge=1, description="Characters per text.")
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_new_tokens accepted.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Time from a request's headers to the end of its body; a body still "
+                    "incomplete then gets 408 and the connection is closed (slow clients).")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False, description="Comma-separated bearer keys; empty: no auth.")
     api_keys_file: Path | None = Field(

@@ -27,7 +27,7 @@ def _finite(value: Any) -> bool:
 @pytest.mark.parametrize(("content", "headers", "status"), [
     (b'{"inputs": ', JSON, 422),                          # broken JSON
     (b'{"inputs": "\xff\xfe"}', JSON, 400),               # not UTF-8
-    (b'{"inputs": "hi"}', {"content-type": "text/plain"}, 422),  # wrong content type
+    (b'{"inputs": "hi"}', {"content-type": "text/plain"}, 415),  # wrong content type
     (b"", JSON, 422),                                     # empty body
     (b"[" * 50_000 + b"]" * 50_000, JSON, 400),           # nesting past the parser's depth
     (b'{"inputs": "a", "inputs": 1}', JSON, 422),         # duplicate key, last one wins: 1

@@ -19,6 +19,12 @@ def test_docs_pages_reference_only_local_assets_and_they_are_served(client: Test
             if url.startswith("/docs-assets/"):
                 asset = client.get(url)
                 assert asset.status_code == 200 and len(asset.content) > 1000, url
+                # What a script or style sheet would load by itself: an image or font source
+                # (a link a reader may follow is fine), and Swagger UI's online validator.
+                loads = re.findall(rb"""(?:src:|url\()\s*["']?(https?://[^"')\s]+)""",
+                                   asset.content)
+                assert not loads, (url, loads[:5])
+        assert "validatorUrl\": null" in html.text or page == "/redoc"
         assert "fonts.googleapis" not in html.text and "cdn" not in html.text.lower()
 
 

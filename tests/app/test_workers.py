@@ -146,19 +146,24 @@ def test_two_workers_serve_and_metrics_add_up(models_dir: Path, tmp_path: Path) 
         assert workers <= descendants(proc.pid)
         children = descendants(proc.pid)
 
-        # /metrics from either process: the same totals, with no per-process labels.
+        # /metrics from either process: the same totals, with no per-process labels. Asked
+        # 8 at a time, so that both processes answer some.
         answered: set[int] = set()
-        for _ in range(200):
-            got = samples(httpx.get(f"{url}/metrics").text)
-            assert got[("rnn_requests_total", (("route", "/classify"), ("status", "200")))] \
-                == n_classify
-            assert got[("rnn_generated_tokens_total", (("model", "shakespeare"),))] == tokens
-            assert got[("rnn_model_ready", (("model", "sentiment"),))] == 1
-            assert got[("rnn_queue_depth", (("model", "sentiment"),))] == 0
-            assert got[("rnn_active_sequences", (("model", "shakespeare"),))] == 0
-            answered = {pid for pid in workers if served(requests_of(metrics_dir, pid), "/metrics")}
-            if answered == workers:
-                break
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(40):
+                for text in pool.map(lambda _: httpx.get(f"{url}/metrics").text, range(8)):
+                    got = samples(text)
+                    assert got[("rnn_requests_total", (("route", "/classify"),
+                                                       ("status", "200")))] == n_classify
+                    assert got[("rnn_generated_tokens_total", (("model", "shakespeare"),))] \
+                        == tokens
+                    assert got[("rnn_model_ready", (("model", "sentiment"),))] == 1
+                    assert got[("rnn_queue_depth", (("model", "sentiment"),))] == 0
+                    assert got[("rnn_active_sequences", (("model", "shakespeare"),))] == 0
+                answered = {pid for pid in workers
+                            if served(requests_of(metrics_dir, pid), "/metrics")}
+                if answered == workers:
+                    break
         assert answered == workers, "one process answered every /metrics"
 
         # A worker that dies: its live gauges go, its counts stay in the totals.
@@ -172,6 +177,7 @@ def test_two_workers_serve_and_metrics_add_up(models_dir: Path, tmp_path: Path) 
         assert got[("rnn_requests_total", (("route", "/classify"), ("status", "200")))] \
             == n_classify
 
+        children |= descendants(proc.pid)  # the dead worker's replacement, if started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
     deadline = time.monotonic() + 15

@@ -25,7 +25,6 @@ KUSTOMIZATIONS = ["base", "overlays/gpu", "examples/models-pvc", "examples/api-k
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 # Settings another change adds (mounted key files); the examples may name them already.
-PENDING_SETTINGS = {"RNN_API_KEYS_FILE"}
 # Kubernetes releases the manifests must be valid for: the oldest supported here, the newest.
 VERSIONS = ["1.28.0", "1.37.0"]
 
@@ -176,7 +175,7 @@ def test_settings_are_real_and_valid(kustomization: str, monkeypatch: pytest.Mon
     Settings()  # every value is one the service accepts
     env = env_of(container(objects))
     named = {n for n in env if n.startswith("RNN_")}
-    assert named <= fields | PENDING_SETTINGS, named - fields
+    assert named <= fields, named - fields
     deployment = container(objects)
     assert deployment["envFrom"] == [{"configMapRef": {"name": one(objects, "ConfigMap")
                                                         ["metadata"]["name"]}}]

@@ -24,7 +24,6 @@ KUSTOMIZATIONS = ["base", "overlays/gpu", "examples/models-pvc", "examples/api-k
                   "examples/hpa-queue-depth"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-# Settings another change adds (mounted key files); the examples may name them already.
 # Kubernetes releases the manifests must be valid for: the oldest supported here, the newest.
 VERSIONS = ["1.28.0", "1.37.0"]
 

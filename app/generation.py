@@ -32,7 +32,7 @@ from app.metrics import (
 from textrnn.artifact import Artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
-from textrnn.sampling import RowParams, choose_tokens, uniform_table
+from textrnn.sampling import RowParams, choose_tokens, top_alternatives, uniform_table
 
 __all__ = ["GenerationJob", "GenerationScheduler", "TokenEvent"]
 
@@ -48,6 +48,7 @@ class TokenEvent:
     text: str
     logprob: float
     finish_reason: str | None = None
+    top_tokens: list[tuple[int, str, float]] | None = None  # (id, text, logprob), best first
 
 
 @dataclass
@@ -63,6 +64,10 @@ class GenerationJob:
     seed: int
     stop: list[str]
     loop: asyncio.AbstractEventLoop
+    typical_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    top_n_tokens: int = 0  # alternatives reported with each token
     events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     enqueued: float = field(default_factory=time.monotonic)
@@ -96,13 +101,13 @@ class GenerationJob:
 
 
 class _Batch:
-    """The running batch: jobs, their state, last tokens, seen-token masks and parameters."""
+    """The running batch: jobs, their state, last tokens, token counts and parameters."""
 
     def __init__(self) -> None:
         self.jobs: list[GenerationJob] = []
         self.state: State | None = None
         self.last: Tensor = torch.empty(0, dtype=torch.long)  # B
-        self.seen: Tensor | None = None  # B V
+        self.seen: Tensor | None = None  # B V: each token's count so far (prompt included)
         self.params: RowParams | None = None
 
     def add(self, jobs: list[GenerationJob], state: State, last: Tensor, seen: Tensor,
@@ -249,10 +254,14 @@ class GenerationScheduler:
             torch.tensor([j.top_p for j in jobs], device=self.device),
             torch.tensor([j.repetition_penalty for j in jobs], device=self.device),
             torch.tensor([j.seed for j in jobs], dtype=torch.long, device=self.device),
+            _column([j.typical_p for j in jobs], 1.0, self.device),
+            _column([j.frequency_penalty for j in jobs], 0.0, self.device),
+            _column([j.presence_penalty for j in jobs], 0.0, self.device),
         )
-        seen = torch.zeros(len(jobs), self.vocab_size, dtype=torch.bool, device=self.device)
+        seen = torch.zeros(len(jobs), self.vocab_size, device=self.device)  # B V
         for row, job in enumerate(jobs):
-            seen[row, job.prompt_ids] = True
+            seen[row] = torch.bincount(torch.tensor(job.prompt_ids, dtype=torch.long),
+                                       minlength=self.vocab_size)[:self.vocab_size].to(seen)
         # Each job's random numbers, one per step, drawn now: a step then needs one small
         # tensor for them instead of hashing seeds and steps (a dozen tensor operations).
         table = uniform_table(params.seed, max(j.max_new_tokens for j in jobs)).tolist()
@@ -282,30 +291,55 @@ class GenerationScheduler:
             params = params.rows(torch.arange(rows.start, rows.stop, device=self.device))
         uniforms = torch.tensor([batch.jobs[r].uniforms[batch.jobs[r].generated] for r in rows],
                                 device=self.device)
-        # Seen tokens matter only to rows with a repetition penalty, and a row's penalty is
-        # fixed: without one in the batch, the marks are neither read nor kept.
-        seen = batch.seen[rows.start:rows.stop] if params.uses.penalty else None
+        # Counts matter only to rows with a penalty, and a row's penalties are fixed: without
+        # one in the batch, the counts are neither read nor kept.
+        penalised = params.uses.penalty or params.uses.additive
+        seen = batch.seen[rows.start:rows.stop] if penalised else None
         ids, logprobs = choose_tokens(logits, params, None, seen, banned=self.unk,
                                       uniforms=uniforms)
         if seen is not None:
-            seen[torch.arange(len(rows), device=self.device), ids] = True
+            seen[torch.arange(len(rows), device=self.device), ids] += 1
+        top = self._top_tokens(logits, [batch.jobs[r].top_n_tokens for r in rows])
         batch.last[rows.start:rows.stop] = ids
         GENERATED_TOKENS.labels(self.name).inc(len(rows))
         keep = list(range(rows.start)) if rows.start else []
         out: list[tuple[GenerationJob, TokenEvent]] = []
-        for r, token, logprob in zip(rows, ids.tolist(), logprobs.tolist(), strict=True):
+        for r, token, logprob, alternatives in zip(rows, ids.tolist(), logprobs.tolist(), top,
+                                                   strict=True):
             job = batch.jobs[r]
             text = self.texts[token]
             job.text += text
             job.generated += 1
             reason = _finish_reason(job)
-            out.append((job, TokenEvent(job.generated - 1, token, text, logprob, reason)))
+            out.append((job, TokenEvent(job.generated - 1, token, text, logprob, reason,
+                                        alternatives)))
             if reason is None:
                 keep.append(r)
         keep += list(range(rows.stop, len(batch.jobs)))
         batch.keep(keep)
         if out:  # one wake-up of the event loop per step, not one per sequence
             out[0][0].loop.call_soon_threadsafe(_deliver, out)
+
+
+    def _top_tokens(self, logits: Tensor, wanted: list[int]
+                    ) -> list[list[tuple[int, str, float]] | None]:
+        """Each row's `wanted` likeliest tokens under the model (None where 0 are wanted)."""
+        most = max(wanted, default=0)
+        if most == 0:
+            return [None] * len(wanted)
+        logits = logits.float().clone()
+        logits[:, self.unk] = float("-inf")
+        ids, logprobs = top_alternatives(torch.log_softmax(logits, dim=-1), most)  # B n
+        return [[(i, self.texts[i], lp) for i, lp in zip(row_ids[:n], row_lps[:n], strict=True)]
+                if n else None for n, row_ids, row_lps in zip(wanted, ids.tolist(),
+                                                              logprobs.tolist(), strict=True)]
+
+
+def _column(values: list[float], neutral: float, device: torch.device) -> Tensor | None:
+    """A per-row parameter column, or None when every row has the neutral value."""
+    if all(v == neutral for v in values):
+        return None
+    return torch.tensor(values, device=device)
 
 
 def _deliver(events: list[tuple[GenerationJob, TokenEvent]]) -> None:

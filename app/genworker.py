@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 # What a job's description carries to the child (everything but its asyncio parts).
 _FIELDS = ("prompt_ids", "max_new_tokens", "temperature", "top_k", "top_p",
-           "repetition_penalty", "seed", "stop", "enqueued", "deadline")
+           "repetition_penalty", "seed", "stop", "enqueued", "deadline", "typical_p",
+           "frequency_penalty", "presence_penalty", "top_n_tokens")
 
 
 class ProcessScheduler:

@@ -22,7 +22,8 @@ from app.logs import configure_logging
 from app.middleware import ServiceMiddleware
 from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
-from app.routes import admin, classify, generate, health, metrics, models, score
+from app.routes import admin, classify, generate, health, metrics, models, score, tgi
+from app.routes import openai as openai_routes
 from app.routes.docs import install_docs
 from app.settings import Settings, load_settings
 
@@ -104,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, settings=settings, state=app.state)
     for module in (classify, generate, score, models, admin, metrics, health):
         app.include_router(module.router)
+    app.include_router(tgi.router)
+    app.include_router(openai_routes.router)
     install_docs(app)
     install_openapi(app, settings)
     return app

@@ -17,7 +17,8 @@ from app.settings import Settings
 __all__ = ["install_openapi"]
 
 _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {
-    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}}}
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    "error": {"type": "string"}, "error_type": {"type": "string"}}}
 _ANSWERS = {
     "401": "API key missing or wrong (when RNN_API_KEYS is set)",
     "404": "No such model; the message lists the available ones",
@@ -27,7 +28,7 @@ _ANSWERS = {
     "504": "Waited past RNN_REQUEST_TIMEOUT_S",
 }
 _GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
-            "/models/{name}", "/admin/reload")
+            "/models/{name}", "/admin/reload", "/tokenize")
 
 
 def _texts_schema(s: Settings) -> dict[str, Any]:
@@ -50,6 +51,12 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             schemas[name]["properties"]["inputs"] |= _texts_schema(settings)
             schemas[name]["properties"]["inputs"].pop("type", None)
         schemas["GenerateRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
+        prompt = schemas["CompletionRequest"]["properties"]["prompt"]
+        prompt |= _texts_schema(settings)
+        prompt.pop("type", None)
+        for choice in prompt["anyOf"]:  # an empty prompt has nothing to continue
+            (choice.get("items") or choice)["minLength"] = 1
+        schemas["TokenizeRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
         params = schemas["GenerateParameters"]["properties"]
         params["max_new_tokens"]["maximum"] = settings.max_new_tokens
         # As the route does: the model's default, capped at the configured limit.
@@ -59,7 +66,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         for name, allowed in NEUTRAL_TGI.items():  # accepted at their neutral values only
             values = [v for v in allowed if v is not None]
             params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),
-                            "description": "TGI parameter not implemented; neutral value only."}
+                            "description": "TGI parameter refused unless at its neutral value."}
         for path in _GUARDED:
             for operation in spec["paths"].get(path, {}).values():
                 for code, description in _ANSWERS.items():

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from textrnn.nets import CharLM, RNNClassifier
 
-__all__ = ["classify_logits", "pad_batch", "sequence_logprobs"]
+__all__ = ["classify_logits", "pad_batch", "sequence_logprobs", "token_logprobs"]
 
 
 def pad_batch(seqs: list[list[int]], device: torch.device | str = "cpu",
@@ -40,3 +40,16 @@ def sequence_logprobs(net: CharLM, seqs: list[list[int]]) -> Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]  # B T-1
     mask = torch.arange(ids.size(1) - 1, device=device)[None, :] < (lengths.to(device) - 1)[:, None]
     return (logp * mask).sum(1)
+
+
+def token_logprobs(net: CharLM, seqs: list[list[int]]) -> list[list[float]]:
+    """Each sequence's log p(token_t | tokens_<t) for t >= 1, as lists (one shorter than
+    their sequences): the per-token terms that `sequence_logprobs` sums."""
+    device = net.head.weight.device
+    ids, _ = pad_batch(seqs, device)
+    if ids.size(1) < 2:
+        return [[] for _ in seqs]
+    logits, _ = net(ids[:, :-1])  # B T-1 V
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]  # B T-1
+    rows: list[list[float]] = logp.cpu().tolist()
+    return [row[:max(0, len(seq) - 1)] for row, seq in zip(rows, seqs, strict=True)]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from app.main import create_app
 from app.settings import Settings
@@ -18,6 +19,11 @@ from tests.app.conftest import running_server
 OPERATIONS = sorted((method.upper(), path)
                     for path, item in create_app(Settings(models_dir=Path("/nonexistent")))
                     .openapi()["paths"].items() for method in item)
+
+
+# A conversation's rendered length limit (RNN_MAX_INPUT_CHARS) spans all its messages, which
+# a schema cannot state: a long valid-looking conversation is rightly refused there.
+EXCLUDED = {"/v1/chat/completions": [positive_data_acceptance]}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +44,6 @@ def test_operation_never_fails_and_matches_its_schema(fuzz_schema: Any, method: 
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck),
               database=None)
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate()
+        case.call_and_validate(excluded_checks=EXCLUDED.get(path, []))
 
     check()

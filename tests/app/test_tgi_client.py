@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import httpx
 import pytest
@@ -116,3 +117,45 @@ def test_error_bodies_carry_detail_error_and_error_type(clients_url: str) -> Non
     body = r.json()
     assert r.status_code == 422 and body["error_type"] == "validation" and "top_k" in body["error"]
     assert isinstance(body["detail"], list)
+
+
+def test_truncate_keeps_the_last_prompt_tokens(clients_url: str) -> None:
+    def run(inputs: str, **extra: object) -> dict[str, object]:
+        return httpx.post(f"{clients_url}/generate", json={"inputs": inputs, "parameters": {
+            "max_new_tokens": 12, "seed": 8, "temperature": 0.8, "details": True} | extra}).json()
+    cut = run("First Citizen:\nROMEO:", truncate=6)
+    assert cut["generated_text"] == run("ROMEO:")["generated_text"]
+    assert cut["details"]["input_length"] == 6  # type: ignore[index]
+
+
+NEW_PARAMETERS: list[dict[str, object]] = [
+    {"typical_p": 0.7, "seed": 1}, {"frequency_penalty": 1.5, "temperature": 0.9, "seed": 2},
+    {"top_n_tokens": 3, "top_k": 8, "seed": 3, "details": True},
+    {"best_of": 3, "do_sample": True, "seed": 4, "details": True},
+    {"truncate": 3, "return_full_text": True, "top_p": 0.8, "seed": 5},
+    {"decoder_input_details": True, "details": True, "temperature": 1.3, "seed": 6},
+]
+
+
+def test_each_new_parameter_gives_the_same_answer_alone_or_batched(clients_url: str) -> None:
+    def body(extra: dict[str, object]) -> dict[str, object]:
+        return {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 24} | extra}
+
+    alone = [httpx.post(f"{clients_url}/generate", json=body(p)).json() for p in NEW_PARAMETERS]
+
+    async def together() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=clients_url) as client:
+            answers = await asyncio.gather(*(client.post("/generate", json=body(p))
+                                             for p in NEW_PARAMETERS * 2))
+        return [a.json() for a in answers]
+    batched = asyncio.run(together())
+
+    # The same text and tokens; logprobs may differ in the last bits, since a batch's matrix
+    # products round differently from one row's.
+    def chosen(answer: dict[str, Any]) -> object:
+        details = answer.get("details") or {}
+        return (answer["generated_text"], [t["id"] for t in details.get("tokens", [])],
+                [[t["id"] for t in top] for top in details.get("top_tokens") or []],
+                [t["id"] for t in details.get("prefill", [])],
+                [s["generated_text"] for s in details.get("best_of_sequences") or []])
+    assert [chosen(b) for b in batched] == [chosen(a) for a in alone] * 2

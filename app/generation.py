@@ -320,7 +320,6 @@ class GenerationScheduler:
         if out:  # one wake-up of the event loop per step, not one per sequence
             out[0][0].loop.call_soon_threadsafe(_deliver, out)
 
-
     def _top_tokens(self, logits: Tensor, wanted: list[int]
                     ) -> list[list[tuple[int, str, float]] | None]:
         """Each row's `wanted` likeliest tokens under the model (None where 0 are wanted)."""

@@ -108,8 +108,8 @@ def _without_stop(text: str, stop: list[str], reason: str | None) -> str:
     return text
 
 
-def _usage(prompts: list[list[int]], n: int, done: list[int]) -> dict[str, int]:
-    prompt = sum(len(p) for p in prompts) * n
+def _usage(prompts: list[list[int]], done: list[int]) -> dict[str, int]:
+    prompt = sum(len(p) for p in prompts)  # each prompt once, however many choices (OpenAI)
     return {"prompt_tokens": prompt, "completion_tokens": sum(done),
             "total_tokens": prompt + sum(done)}
 
@@ -191,7 +191,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         def usage(counts: list[int]) -> dict[str, Any] | None:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return None
-            return head | {"choices": [], "usage": _usage(prompts, body.n, counts)}
+            return head | {"choices": [], "usage": _usage(prompts, counts)}
         return _stream(merge_events(jobs, settings.request_timeout_s), jobs, body.stops(),
                        chunk, usage)
 
@@ -216,7 +216,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             choices.append({"text": (prompt if body.echo else "") + text, "index": i,
                             "logprobs": logprobs, "finish_reason": _FINISH[done.finish_reason]})
         return head | {"choices": choices,
-                       "usage": _usage(prompts, body.n, [len(f.events) for f in finished])}
+                       "usage": _usage(prompts, [len(f.events) for f in finished])}
 
     def cancel() -> None:
         for job in jobs:
@@ -261,7 +261,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         def usage(counts: list[int]) -> dict[str, Any] | None:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return None
-            return head | {"choices": [], "usage": _usage([ids], body.n, counts)}
+            return head | {"choices": [], "usage": _usage([ids], counts)}
         return _stream(merge_events(jobs, settings.request_timeout_s), jobs, stop, chunk, usage)
 
     async def answer() -> dict[str, Any]:
@@ -272,7 +272,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
                     if body.logprobs else None,
                     "finish_reason": _FINISH[f.finish_reason]} for i, f in enumerate(finished)]
         return head | {"choices": choices,
-                       "usage": _usage([ids], body.n, [len(f.events) for f in finished])}
+                       "usage": _usage([ids], [len(f.events) for f in finished])}
 
     def cancel() -> None:
         for job in jobs:

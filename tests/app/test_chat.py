@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app.chat import DEFAULT_TEMPLATE, ChatTemplate, template_of
 from app.errors import InvalidInput
-from tests.app.conftest import SHAKESPEARE_CHAT
+from tests.app.conftest import ROOT, SHAKESPEARE_CHAT
 
 
 def test_the_shakespeare_template_writes_a_play_script() -> None:
@@ -40,3 +42,8 @@ def test_a_bad_template_is_refused_with_the_reason(raw: object, needle: str) -> 
 
 def test_a_model_without_a_template_gets_the_default() -> None:
     assert template_of({}, "m") is DEFAULT_TEMPLATE
+
+
+def test_the_shipped_shakespeare_model_declares_the_play_script_template() -> None:
+    config = json.loads((ROOT / "models" / "shakespeare" / "config.json").read_text())
+    assert ChatTemplate.parse(config["chat_template"]) == ChatTemplate.parse(SHAKESPEARE_CHAT)

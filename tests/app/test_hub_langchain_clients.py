@@ -19,14 +19,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `dict` method is deprecated"
 
 def test_async_inference_client_generates_streams_and_gives_details(clients_url: str) -> None:
     async def run() -> tuple[str, str, object]:
-        client = AsyncInferenceClient(model=clients_url)
-        text = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2, temperature=0.7)
-        stream = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2,
-                                              temperature=0.7, stream=True)
-        streamed = "".join([token async for token in stream])
-        details = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2,
-                                               temperature=0.7, details=True,
-                                               decoder_input_details=True, top_n_tokens=2)
+        async with AsyncInferenceClient(model=clients_url) as client:
+            text = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2,
+                                                temperature=0.7)
+            stream = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2,
+                                                  temperature=0.7, stream=True)
+            streamed = "".join([token async for token in stream])
+            details = await client.text_generation("ROMEO:", max_new_tokens=10, seed=2,
+                                                   temperature=0.7, details=True,
+                                                   decoder_input_details=True, top_n_tokens=2)
         return text, streamed, details
     text, streamed, details = asyncio.run(run())
     assert len(text) == 10 and streamed == text

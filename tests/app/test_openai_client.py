@@ -107,10 +107,12 @@ def test_errors_are_openai_shaped_and_raise_the_sdks_types(clients_url: str) -> 
 
 def test_async_sdk_streams(clients_url: str) -> None:
     async def run() -> str:
-        client = AsyncOpenAI(base_url=f"{clients_url}/v1", api_key="unused", max_retries=0)
-        stream = await client.completions.create(model="shakespeare", prompt="ROMEO:",
-                                                 max_tokens=12, seed=4, stream=True)
-        return "".join([c.choices[0].text async for c in stream])
+        # Closed before the loop ends: its pooled connection would be left to the collector.
+        async with AsyncOpenAI(base_url=f"{clients_url}/v1", api_key="unused",
+                               max_retries=0) as client:
+            stream = await client.completions.create(model="shakespeare", prompt="ROMEO:",
+                                                     max_tokens=12, seed=4, stream=True)
+            return "".join([c.choices[0].text async for c in stream])
     text = asyncio.run(run())
     whole = _client(clients_url).completions.create(model="shakespeare", prompt="ROMEO:",
                                                     max_tokens=12, seed=4).choices[0].text

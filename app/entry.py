@@ -183,8 +183,9 @@ def _classify_batch(artifact: Artifact) -> Callable[[list[str]], list[list[float
     def run(texts: list[str]) -> list[list[float]]:
         with torch.inference_mode():
             seqs = [s[:max_length] for s in encode_batch(artifact.tokenizer, texts)]
-            probs = torch.softmax(classify_logits(net, seqs).float(), dim=-1)  # B C
-            result: list[list[float]] = probs.cpu().tolist()
+            # Raw logits: the route applies softmax, sigmoid or nothing (function_to_apply).
+            logits = classify_logits(net, seqs).float()  # B C
+            result: list[list[float]] = logits.cpu().tolist()
             return result
     return run
 

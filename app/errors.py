@@ -25,7 +25,9 @@ __all__ = [
     "Unauthorized",
     "WrongTask",
     "error_body",
+    "error_type",
     "install_error_handlers",
+    "openai_error",
     "printable",
     "send_error",
     "send_json",
@@ -104,7 +106,33 @@ class DeadlineExceeded(ServiceError):
     status_code = 504
 
 
-INTERNAL_ERROR = b'{"detail":"internal error"}'  # all an unexpected failure tells a client
+# all an unexpected failure tells a client (TGI's client reads `error` and `error_type`)
+INTERNAL_ERROR = b'{"detail":"internal error","error":"internal error","error_type":"generation"}'
+
+# TGI's error_type names (its client raises ValidationError, OverloadedError, ... by them).
+_ERROR_TYPES: dict[int, str] = {401: "unauthorized", 404: "not_found", 408: "timeout",
+                                413: "validation", 415: "validation", 422: "validation",
+                                499: "cancelled", 503: "overloaded", 504: "timeout"}
+# OpenAI's error `type` for each status.
+_OPENAI_TYPES: dict[int, str] = {400: "invalid_request_error", 401: "authentication_error",
+                                 404: "invalid_request_error", 422: "invalid_request_error",
+                                 503: "server_error", 504: "timeout"}
+
+
+def error_type(exc: ServiceError) -> str:
+    """TGI's `error_type` of a domain error."""
+    return _ERROR_TYPES.get(exc.status_code, "validation" if exc.status_code < 500 else "generation")
+
+
+def openai_error(status: int, message: str, param: str | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _openai_route(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
 
 
 def printable(text: str) -> str:
@@ -125,8 +153,11 @@ def _printable_all(value: Any) -> Any:
 
 
 def error_body(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes)."""
-    body = json.dumps({"detail": printable(str(exc))}, ensure_ascii=False, separators=(",", ":"))
+    """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes):
+    FastAPI's `detail` and TGI's `error` and `error_type`, so both conventions read it."""
+    message = printable(str(exc))
+    body = json.dumps({"detail": message, "error": message, "error_type": error_type(exc)},
+                      ensure_ascii=False, separators=(",", ":"))
     return exc.status_code, body.encode(), dict(exc.headers or {})
 
 
@@ -147,11 +178,18 @@ async def send_error(send: Send, exc: ServiceError) -> None:
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     status, body, headers = error_body(exc)
+    if _openai_route(request):
+        code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
+        return JSONResponse(openai_error(status, str(exc), getattr(exc, "param", None), code),
+                            status_code=status, headers=headers)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    if _openai_route(request):
+        return JSONResponse(openai_error(500, "internal error"), status_code=500)
     return Response(INTERNAL_ERROR, status_code=500, media_type="application/json")
 
 
@@ -177,7 +215,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
               | ({"ctx": {k: str(v) for k, v in err["ctx"].items()}} if "ctx" in err else {})
               for err in exc.errors()]
     # Locations and messages may quote the client's keys and values: escaped too.
-    return JSONResponse({"detail": _printable_all(detail)}, status_code=422)
+    message = printable("; ".join(
+        f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
+        for err in exc.errors()))
+    if _openai_route(request):
+        first = exc.errors()[0]["loc"] if exc.errors() else ()
+        param = printable(".".join(str(p) for p in first if p != "body")) or None
+        return JSONResponse(openai_error(400, message, param), status_code=400)
+    return JSONResponse({"detail": _printable_all(detail), "error": message,
+                         "error_type": "validation"}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

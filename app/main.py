@@ -24,7 +24,8 @@ from app.logs import configure_logging
 from app.middleware import ServiceMiddleware
 from app.openapi import install_openapi
 from app.registry import Registry, resolve_device
-from app.routes import admin, classify, generate, health, metrics, models, score
+from app.routes import admin, classify, generate, health, metrics, models, score, tgi
+from app.routes import openai as openai_routes
 from app.routes.docs import install_docs
 from app.routes.playground import install_playground
 from app.settings import Settings, load_settings
@@ -121,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, generate, score, models, admin, metrics, health):
         if module is not admin or settings.admin_keys:  # no admin keys: no admin routes (404)
             app.include_router(module.router)
+    app.include_router(tgi.router)
+    app.include_router(openai_routes.router)
     install_docs(app)
     install_playground(app)
     install_openapi(app, settings)

@@ -17,7 +17,8 @@ from app.settings import Settings
 __all__ = ["install_openapi"]
 
 _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {
-    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}}}
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    "error": {"type": "string"}, "error_type": {"type": "string"}}}
 _ANSWERS = {
     "401": "API key missing or wrong (when RNN_API_KEYS is set)",
     "404": "No such model; the message lists the available ones",
@@ -38,7 +39,7 @@ _BODY_ANSWERS = {  # every operation that takes a JSON body
 _SERVER_FAULT = {"500": "Server fault (never for client input); the body says nothing more, "
                         "the log has the traceback under the X-Request-Id"}
 _GUARDED = ("/", "/classify", "/generate", "/generate_stream", "/score", "/models",
-            "/models/{name}", "/admin/reload")
+            "/models/{name}", "/admin/reload", "/tokenize")
 
 
 def _texts_schema(s: Settings) -> dict[str, Any]:
@@ -61,6 +62,12 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             schemas[name]["properties"]["inputs"] |= _texts_schema(settings)
             schemas[name]["properties"]["inputs"].pop("type", None)
         schemas["GenerateRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
+        prompt = schemas["CompletionRequest"]["properties"]["prompt"]
+        prompt |= _texts_schema(settings)
+        prompt.pop("type", None)
+        for choice in prompt["anyOf"]:  # an empty prompt has nothing to continue
+            (choice.get("items") or choice)["minLength"] = 1
+        schemas["TokenizeRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
         params = schemas["GenerateParameters"]["properties"]
         params["max_new_tokens"]["maximum"] = settings.max_new_tokens
         # As the route does: the model's default, capped at the configured limit.
@@ -70,7 +77,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         for name, allowed in NEUTRAL_TGI.items():  # accepted at their neutral values only
             values = [v for v in allowed if v is not None]
             params[name] = {"anyOf": [{"type": "null"}] + ([{"enum": values}] if values else []),
-                            "description": "TGI parameter not implemented; neutral value only."}
+                            "description": "TGI parameter refused unless at its neutral value."}
         for path, item in spec["paths"].items():
             for method, operation in item.items():
                 answers = dict(_SERVER_FAULT)

@@ -6,17 +6,29 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+)
 
 __all__ = [
+    "AS_JSON_INT",
     "NEUTRAL_TGI",
     "STOP_MAX_CHARS",
+    "BestOfSequence",
     "ClassifyParameters",
     "ClassifyRequest",
     "GenerateDetails",
     "GenerateParameters",
     "GenerateRequest",
     "GenerateResponse",
+    "InputToken",
+    "JsonInt",
     "LabelScore",
     "PrefillToken",
     "ScoreDetails",
@@ -31,6 +43,22 @@ __all__ = [
 ]
 
 STOP_MAX_CHARS = 64
+
+
+def _json_int(value: Any) -> Any:
+    """A JSON integer: an int, or a float with no fraction (JSON Schema's `integer` admits
+    3.0); never a string or a boolean, which lax pydantic would convert."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+AS_JSON_INT = BeforeValidator(_json_int)
+JsonInt = Annotated[int, AS_JSON_INT]
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ModelName = Field(None, pattern=MODEL_NAME, description="Model folder name; default: the task's "
                   "default model.", examples=["sentiment"])
@@ -72,8 +100,9 @@ class ClassifyParameters(_Strict):
     """Options of /classify."""
 
     top_k: int | None = Field(None, ge=1, le=1000, description="Return only the best k labels.")
-    function_to_apply: Literal["softmax", "none"] | None = Field(
-        None, description="Accepted for Hugging Face compatibility; scores are softmax.")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None, description="As in Hugging Face text-classification: `softmax` (default) over the "
+        "labels, `sigmoid` of each label's logit, or `none` (the raw logits).")
 
 
 class ClassifyRequest(_Strict):
@@ -89,14 +118,16 @@ class LabelScore(BaseModel):
     """A label and its probability."""
 
     label: str = Field(examples=["positive"])
-    score: float = Field(ge=0, le=1, examples=[0.97])
+    score: float = Field(examples=[0.97], description="A probability (softmax, sigmoid), or the "
+                         "raw logit with function_to_apply none.")
 
 
+# TGI parameters refused unless at their neutral values: they have no meaning here.
 NEUTRAL_TGI: dict[str, tuple[Any, ...]] = {
-    "best_of": (None, 1), "truncate": (None,), "watermark": (None, False), "grammar": (None,),
-    "decoder_input_details": (None, False), "top_n_tokens": (None, 0), "typical_p": (None, 1.0),
-    "frequency_penalty": (None, 0.0), "adapter_id": (None,), "return_full_text": (None, False),
+    "watermark": (None, False), "grammar": (None,), "adapter_id": (None,),
 }
+MAX_BEST_OF = 8
+MAX_TOP_N_TOKENS = 5  # TGI's default --max-top-n-tokens
 
 
 class GenerateParameters(_Strict):
@@ -116,17 +147,28 @@ class GenerateParameters(_Strict):
     stop: list[Text] = Field(default_factory=list, max_length=16,
                              description="Stop sequences; the text ends with the one that hit.")
     details: bool = Field(False, description="Return finish reason, seed and tokens.")
-    # TGI parameters we accept only at their neutral values (see NEUTRAL_TGI).
-    best_of: int | None = None
-    truncate: int | None = None
+    typical_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                    description="Locally typical sampling: keep the tokens "
+                                    "closest to the expected surprisal up to this mass.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False,
+                                            description="Subtracted from a token's logit once "
+                                            "per occurrence so far (prompt included).")
+    top_n_tokens: Annotated[int, Field(ge=0, le=MAX_TOP_N_TOKENS), AS_JSON_INT] | None = Field(
+        None, description="The n likeliest tokens at each step, in details.top_tokens and each "
+        "stream event.")
+    decoder_input_details: StrictBool = Field(False, description="details.prefill carries the "
+                                              "prompt's tokens with their logprobs.")
+    return_full_text: StrictBool | None = Field(None, description="Prepend the prompt to "
+                                                "generated_text.")
+    truncate: Annotated[int, Field(ge=1), AS_JSON_INT] | None = Field(
+        None, description="Keep only the last N prompt tokens.")
+    best_of: Annotated[int, Field(ge=1, le=MAX_BEST_OF), AS_JSON_INT] | None = Field(
+        None, description="Sample n sequences (seeds seed, seed+1, ...), answer the one with "
+        "the highest total logprob.")
+    # TGI parameters refused unless at their neutral values (see NEUTRAL_TGI).
     watermark: bool | None = None
     grammar: Any | None = None
-    decoder_input_details: bool | None = None
-    top_n_tokens: int | None = None
-    typical_p: float | None = None
-    frequency_penalty: float | None = None
     adapter_id: str | None = None
-    return_full_text: bool | None = None
 
     @field_validator(*NEUTRAL_TGI)
     @classmethod
@@ -145,16 +187,18 @@ class GenerateParameters(_Strict):
                 raise ValueError(f"each stop sequence must have 1 to {STOP_MAX_CHARS} characters")
         return value
 
-    def sampling(self) -> tuple[float, int, float, float]:
-        """(temperature, top_k, top_p, repetition_penalty) with TGI's greedy rule applied.
+    def samples(self) -> bool:
+        """TGI's rule: sample when do_sample is true or any warper is set (a temperature other
+        than 1, top_k other than 0, top_p or typical_p under 1); otherwise decode greedily."""
+        warped = ((self.temperature is not None and self.temperature != 1.0) or bool(self.top_k)
+                  or (self.top_p or 1.0) < 1 or (self.typical_p or 1.0) < 1)
+        return bool(self.do_sample) or warped
 
-        Greedy (temperature 0) when temperature is 0, when do_sample is false, or when
-        do_sample is unset and no warper (temperature, top_k, top_p) is given.
-        """
+    def sampling(self) -> tuple[float, int, float, float]:
+        """(temperature, top_k, top_p, repetition_penalty) with TGI's greedy rule applied
+        (temperature 0 means greedy)."""
         temperature = 1.0 if self.temperature is None else self.temperature
-        warped = self.temperature is not None or bool(self.top_k) or (self.top_p or 1.0) < 1
-        sample = self.do_sample if self.do_sample is not None else warped
-        if not sample:
+        if not self.samples():
             temperature = 0.0
         return temperature, self.top_k or 0, self.top_p or 1.0, self.repetition_penalty or 1.0
 
@@ -182,18 +226,43 @@ class Token(BaseModel):
     special: bool = False
 
 
+class InputToken(BaseModel):
+    """A prompt token; its logprob given the tokens before it (null for the first)."""
+
+    id: int
+    text: str
+    logprob: float | None = None
+
+
 class StreamDetails(BaseModel):
     """How generation went, on the last stream event."""
 
     finish_reason: Literal["length", "stop_sequence", "cancelled"]
     generated_tokens: int
     seed: int
+    input_length: int = Field(0, description="Prompt tokens read (after truncate).")
+
+
+class BestOfSequence(BaseModel):
+    """One of the other `best_of` candidates."""
+
+    generated_text: str
+    finish_reason: Literal["length", "stop_sequence", "cancelled"]
+    generated_tokens: int
+    seed: int
+    prefill: list[InputToken] = Field(default_factory=list)
+    tokens: list[Token] = Field(default_factory=list)
+    top_tokens: list[list[Token]] | None = None
 
 
 class GenerateDetails(StreamDetails):
     """How generation went, with every token (when `details` is asked for)."""
 
+    prefill: list[InputToken] = Field(default_factory=list, description="The prompt's tokens "
+                                      "with `decoder_input_details`; else empty.")
     tokens: list[Token] = Field(default_factory=list)
+    top_tokens: list[list[Token]] | None = Field(None, description="With `top_n_tokens`.")
+    best_of_sequences: list[BestOfSequence] | None = Field(None, description="With `best_of`.")
 
 
 class GenerateResponse(BaseModel):
@@ -208,6 +277,7 @@ class StreamResponse(BaseModel):
 
     index: int
     token: Token
+    top_tokens: list[Token] | None = None
     generated_text: str | None = None
     details: StreamDetails | None = None
 

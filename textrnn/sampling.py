@@ -1,6 +1,7 @@
 """Vectorised next-token choice with per-row parameters and per-row seeds.
 
-Every row of a batch carries its own temperature, top-k, top-p, repetition penalty and seed.
+Every row of a batch carries its own temperature, top-k, top-p, typical-p, repetition,
+frequency and presence penalties and seed.
 Random numbers come from a counter-based hash of (seed, step), not from a shared generator,
 so a row's choice depends only on its own logits, seed and position: the same request gives
 the same text alone or batched with any others, and nothing loops over rows in Python.
@@ -14,8 +15,17 @@ from functools import cache, cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["RowParams", "Uses", "apply_repetition_penalty", "choose_tokens", "uniform_from_seed",
-           "uniform_table"]
+__all__ = [
+    "RowParams",
+    "Uses",
+    "apply_additive_penalties",
+    "apply_repetition_penalty",
+    "choose_tokens",
+    "top_alternatives",
+    "typical_mask",
+    "uniform_from_seed",
+    "uniform_table",
+]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -50,26 +60,42 @@ class RowParams:
     top_p: Tensor  # float; 1 means off
     repetition_penalty: Tensor  # float; 1 means off
     seed: Tensor  # int64
+    # Optional columns: None means "off" in every row, so older callers need not build them.
+    typical_p: Tensor | None = None  # float; 1 means off
+    frequency_penalty: Tensor | None = None  # float; 0 means off (subtracted per occurrence)
+    presence_penalty: Tensor | None = None  # float; 0 means off (subtracted once if present)
 
-    def _fields(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.seed
+    def _fields(self) -> tuple[Tensor, ...]:
+        n = self.seed.size(0)
+        like = self.temperature
+        return (self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.seed,
+                _or_full(self.typical_p, n, 1.0, like), _or_full(self.frequency_penalty, n, 0.0, like),
+                _or_full(self.presence_penalty, n, 0.0, like))
 
     def rows(self, index: Tensor) -> RowParams:
         """The parameters of the given rows."""
-        return RowParams(*(t.index_select(0, index) for t in self._fields()))
+        picked = [None if t is None else t.index_select(0, index)
+                  for t in (self.typical_p, self.frequency_penalty, self.presence_penalty)]
+        return RowParams(*(t.index_select(0, index) for t in self._fields()[:5]), *picked)
 
     @staticmethod
     def cat(parts: list[RowParams]) -> RowParams:
         """The rows of several parameter sets, in order."""
-        return RowParams(*(torch.cat(column) for column in zip(*(p._fields() for p in parts),
-                                                                strict=True)))
+        columns = [torch.cat(column) for column in zip(*(p._fields() for p in parts), strict=True)]
+        optional = [None if all(getattr(p, name) is None for p in parts) else column
+                    for name, column in zip(("typical_p", "frequency_penalty", "presence_penalty"),
+                                            columns[5:], strict=True)]
+        return RowParams(*columns[:5], *optional)
 
     @cached_property
     def uses(self) -> Uses:
         """Which warps any row uses; the others are skipped."""
         return Uses(greedy=bool((self.temperature <= 0).any()), top_k=bool((self.top_k > 0).any()),
                     top_p=bool((self.top_p < 1).any()),
-                    penalty=bool((self.repetition_penalty != 1).any()))
+                    penalty=bool((self.repetition_penalty != 1).any()),
+                    typical=self.typical_p is not None and bool((self.typical_p < 1).any()),
+                    additive=any(t is not None and bool((t != 0).any())
+                                 for t in (self.frequency_penalty, self.presence_penalty)))
 
     @cached_property
     def divisor(self) -> Tensor:
@@ -87,14 +113,22 @@ class RowParams:
         return torch.where(self.top_k > 0, self.top_k, 2**62)[:, None]
 
 
+def _or_full(column: Tensor | None, n: int, value: float, like: Tensor) -> Tensor:
+    return column if column is not None else torch.full((n,), value, dtype=like.dtype,
+                                                        device=like.device)
+
+
 @dataclass(frozen=True)
 class Uses:
-    """Whether any row of a batch is greedy, or uses top-k, top-p or the repetition penalty."""
+    """Whether any row of a batch is greedy, or uses top-k, top-p, typical-p, the repetition
+    penalty or the additive (frequency, presence) penalties."""
 
     greedy: bool
     top_k: bool
     top_p: bool
     penalty: bool
+    typical: bool = False
+    additive: bool = False
 
 
 def uniform_table(seeds: Tensor, steps: int) -> Tensor:
@@ -103,6 +137,46 @@ def uniform_table(seeds: Tensor, steps: int) -> Tensor:
     rows = seeds.size(0)
     grid = torch.arange(steps, dtype=torch.long, device=seeds.device).repeat(rows)
     return uniform_from_seed(seeds.repeat_interleave(steps), grid).view(rows, steps)
+
+
+def apply_additive_penalties(logits: Tensor, counts: Tensor, frequency: Tensor | None,
+                             presence: Tensor | None) -> Tensor:
+    """OpenAI's penalties: each token's logit minus `frequency` times its count [B, V] so far,
+    minus `presence` once if it occurred at all."""
+    out = logits
+    if frequency is not None:
+        out = out - frequency[:, None].to(logits.dtype) * counts.to(logits.dtype)
+    if presence is not None:
+        out = out - presence[:, None].to(logits.dtype) * (counts > 0).to(logits.dtype)
+    return out
+
+
+def typical_mask(ordered: Tensor, typical_p: Tensor) -> Tensor:
+    """Locally typical sampling (Meister et al., 2022) on logits [B, V]: True where a token
+    falls outside the smallest set, taken by closeness of its surprisal to the entropy, whose
+    mass reaches `typical_p` [B]. A row at 1 keeps every token; each row keeps at least one."""
+    logp = torch.log_softmax(ordered, dim=-1)  # B V
+    probs = logp.exp()
+    # -inf logits give 0 * -inf = NaN in the entropy: those terms are 0.
+    entropy = -torch.where(probs > 0, probs * logp, torch.zeros_like(probs)).sum(-1, keepdim=True)
+    distance = (-logp - entropy).abs().masked_fill(probs == 0, float("inf"))  # B V
+    closest, order = distance.sort(dim=-1, stable=True)
+    mass = probs.gather(1, order)
+    before = mass.cumsum(-1) - mass  # mass of the closer tokens
+    drop_sorted = (before >= typical_p[:, None]) & (torch.arange(mass.size(1), device=mass.device) > 0)
+    drop_sorted |= closest.isinf() & (typical_p[:, None] < 1)
+    drop_sorted &= typical_p[:, None] < 1
+    return torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+
+
+def top_alternatives(logprobs: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The `n` likeliest tokens of each row of log-probabilities [B, V]: (ids [B, n],
+    log-probabilities [B, n]), best first; ties go to the lower id, so a row's answer does
+    not depend on its batch."""
+    n = min(n, logprobs.size(1))
+    # A stable sort keeps ties in id order; topk's tie order is unspecified.
+    values, ids = logprobs.sort(dim=-1, descending=True, stable=True)
+    return ids[:, :n], values[:, :n]
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> Tensor:
@@ -128,17 +202,23 @@ def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor | None,
 
     Each row's random number is `uniform_from_seed(seed, step)` for its `steps` entry, or its
     entry of `uniforms` [B] when given (drawn ahead by `uniform_table`; the same numbers).
-    `seen` [B, V] marks tokens already in each row (for the repetition penalty); `banned`
+    `seen` [B, V] counts each token's occurrences so far in each row (a boolean mask reads
+    as counts of 0 and 1), for the repetition, frequency and presence penalties; `banned`
     is a token id never produced (the unknown token). The log-probability is that of the
-    model's own distribution, before any warping. Warps no row uses are skipped.
+    model's own distribution, before any warping. Warps no row uses are skipped. The order
+    is TGI's: penalties, temperature, top-k, top-p, typical-p.
     """
     uses = params.uses
     logits = logits.float()
     if banned is not None:
         logits[:, banned] = float("-inf")
     logprobs = torch.log_softmax(logits, dim=-1)  # B V
-    if seen is not None and uses.penalty:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if seen is not None and (uses.penalty or uses.additive):
+        if uses.penalty:
+            logits = apply_repetition_penalty(logits, seen > 0, params.repetition_penalty)
+        if uses.additive:
+            logits = apply_additive_penalties(logits, seen, params.frequency_penalty,
+                                              params.presence_penalty)
         if banned is not None:
             logits[:, banned] = float("-inf")
     scaled = logits / params.divisor
@@ -150,6 +230,10 @@ def choose_tokens(logits: Tensor, params: RowParams, steps: Tensor | None,
     if uses.top_p:
         before = probs.cumsum(-1) - probs  # mass strictly above each position
         ordered = ordered.masked_fill((before > params.top_p[:, None]) & past_first, float("-inf"))
+        probs = torch.softmax(ordered, dim=-1)
+    if uses.typical:
+        assert params.typical_p is not None
+        ordered = ordered.masked_fill(typical_mask(ordered, params.typical_p), float("-inf"))
         probs = torch.softmax(ordered, dim=-1)
     cdf = probs.cumsum(-1)  # B V
     if uniforms is None:

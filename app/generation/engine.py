@@ -27,7 +27,7 @@ from app.generation.messages import Failure, GenerationSpec, Turn
 from textrnn.artifact import Artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
-from textrnn.sampling import RowParams, choose_tokens, uniform_table
+from textrnn.sampling import RowParams, choose_tokens, top_alternatives, uniform_table
 
 __all__ = ["Engine"]
 
@@ -54,7 +54,7 @@ class _Rows:
     seqs: list[_Seq] = field(default_factory=list)
     state: State | None = None
     last: Tensor | None = None  # B: each row's last token (the running batch's)
-    seen: Tensor | None = None  # B V: tokens each row has seen (the repetition penalty's)
+    seen: Tensor | None = None  # B V: how often each row has seen each token (penalties')
     params: RowParams | None = None
 
     def keep(self, rows: list[int]) -> None:
@@ -197,10 +197,15 @@ class Engine:
             torch.tensor([s.top_k for s in specs], dtype=torch.long, device=self.device),
             torch.tensor([s.top_p for s in specs], device=self.device),
             torch.tensor([s.repetition_penalty for s in specs], device=self.device),
-            torch.tensor([s.seed for s in specs], dtype=torch.long, device=self.device))
-        seen = torch.zeros(len(seqs), len(self.texts), dtype=torch.bool, device=self.device)
+            torch.tensor([s.seed for s in specs], dtype=torch.long, device=self.device),
+            self._column([s.typical_p for s in specs], 1.0),
+            self._column([s.frequency_penalty for s in specs], 0.0),
+            self._column([s.presence_penalty for s in specs], 0.0))
+        vocab = len(self.texts)
+        seen = torch.zeros(len(seqs), vocab, device=self.device)  # B V
         for row, spec in enumerate(specs):
-            seen[row, list(spec.prompt_ids)] = True
+            seen[row] = torch.bincount(torch.tensor(spec.prompt_ids, dtype=torch.long),
+                                       minlength=vocab)[:vocab].to(seen)
         last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
         batch = self._running
         start = len(batch.seqs)
@@ -233,14 +238,16 @@ class Engine:
             params = params.rows(torch.arange(rows.start, rows.stop, device=self.device))
         seqs = batch.seqs[rows.start:rows.stop]
         uniforms = torch.tensor([q.uniforms[q.generated] for q in seqs], device=self.device)
-        # Seen tokens matter only to rows with a repetition penalty, and a row's penalty is
-        # fixed: without one in the batch, the marks are neither read nor kept.
-        seen = batch.seen[rows.start:rows.stop] if params.uses.penalty else None
+        # Counts matter only to rows with a penalty, and a row's penalties are fixed: without
+        # one in the batch, the counts are neither read nor kept.
+        penalised = params.uses.penalty or params.uses.additive
+        seen = batch.seen[rows.start:rows.stop] if penalised else None
         ids, logprobs = choose_tokens(logits, params, None, seen, banned=self.unk,
                                       uniforms=uniforms)
         if seen is not None:
-            seen[torch.arange(len(rows), device=self.device), ids] = True
+            seen[torch.arange(len(rows), device=self.device), ids] += 1
         batch.last[rows.start:rows.stop] = ids
+        self._alternatives(logits, seqs, len(turn.requests), turn)
         keep = list(range(rows.start))
         for row, seq, token, logprob in zip(rows, seqs, ids.tolist(), logprobs.tolist(),
                                             strict=True):
@@ -254,6 +261,26 @@ class Engine:
             else:
                 turn.finished[seq.spec.id] = reason
         batch.keep(keep + list(range(rows.stop, len(batch.seqs))))
+
+    def _column(self, values: list[float], neutral: float) -> Tensor | None:
+        """A per-row parameter column, or None when every row has the neutral value."""
+        if all(v == neutral for v in values):
+            return None
+        return torch.tensor(values, device=self.device)
+
+    def _alternatives(self, logits: Tensor, seqs: list[_Seq], at: int, turn: Turn) -> None:
+        """Each row's likeliest tokens under the model, for the rows that asked for some."""
+        wanted = [q.spec.top_n_tokens for q in seqs]
+        most = max(wanted)
+        if most == 0:
+            return
+        logits = logits.float().clone()
+        logits[:, self.unk] = float("-inf")
+        ids, logprobs = top_alternatives(torch.log_softmax(logits, dim=-1), most)  # B n
+        for row, (n, row_ids, row_lps) in enumerate(zip(wanted, ids.tolist(), logprobs.tolist(),
+                                                        strict=True)):
+            if n:
+                turn.alternatives[at + row] = list(zip(row_ids[:n], row_lps[:n], strict=True))
 
     @staticmethod
     def _finish_reason(seq: _Seq, text: str) -> str | None:

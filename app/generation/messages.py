@@ -29,6 +29,10 @@ class GenerationSpec:
     repetition_penalty: float = 1.0  # 1: off
     seed: int = 0
     stop: tuple[str, ...] = ()
+    typical_p: float = 1.0  # 1: off
+    frequency_penalty: float = 0.0  # 0: off
+    presence_penalty: float = 0.0  # 0: off
+    top_n_tokens: int = 0  # alternatives reported with each token
     enqueued: float = 0.0  # time.monotonic() at arrival (one clock for every process)
     deadline: float = math.inf  # a request still queued after this fails
 
@@ -51,6 +55,9 @@ class Turn:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finished: dict[int, str] = field(default_factory=dict)  # request -> finish reason
+    # The likeliest tokens (id, logprob) beside each token, for requests that asked (by the
+    # token's position in the columns above).
+    alternatives: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     admitted: list[tuple[int, float]] = field(default_factory=list)  # (request, seconds queued)
     rows: int = 0  # rows in this turn's step (0: no step)

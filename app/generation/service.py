@@ -49,6 +49,7 @@ class TokenEvent:
     text: str
     logprob: float
     finish_reason: str | None = None
+    top_tokens: list[tuple[int, str, float]] | None = None  # (id, text, logprob), best first
 
 
 @dataclass(eq=False)
@@ -67,6 +68,11 @@ class Generation:
     def seed(self) -> int:
         """The seed the request samples with."""
         return self.spec.seed
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        """The prompt's token ids."""
+        return self.spec.prompt_ids
 
     def cancel(self) -> None:
         """Drop the request from the engine (its client left or gave up)."""
@@ -135,17 +141,17 @@ class Generator:
         await self.stop()
         await self.start(wrap_step)
 
-    def submit(self, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-               top_k: int, top_p: float, repetition_penalty: float, seed: int,
-               stop: list[str]) -> Generation:
-        """Queue a request (on the event loop); `Overloaded` when too many wait."""
+    def submit(self, prompt_ids: list[int], *, max_new_tokens: int, seed: int,
+               stop: list[str], **sampling: Any) -> Generation:
+        """Queue a request (on the event loop) with the `GenerationSpec` sampling fields
+        given; `Overloaded` when too many wait."""
         if self.waiting >= self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.max_queue} generations waiting; "
                              "retry later")
         now = time.monotonic()
-        spec = GenerationSpec(next(self._ids), tuple(prompt_ids), max_new_tokens, temperature,
-                              top_k, top_p, repetition_penalty, seed, tuple(stop), now,
-                              now + self.timeout_s)
+        spec = GenerationSpec(next(self._ids), tuple(prompt_ids), max_new_tokens, seed=seed,
+                              stop=tuple(stop), enqueued=now, deadline=now + self.timeout_s,
+                              **sampling)
         generation = Generation(spec, self._cancel)
         self.requests[spec.id] = generation
         self.transport.send(spec)
@@ -169,16 +175,18 @@ class Generator:
             if generation is not None:
                 generation.put(DeadlineExceeded(failure.message) if failure.kind == "deadline"
                                else GenerationFailed(failure.message))
-        finished = turn.finished
-        for request, token, logprob in zip(turn.requests, turn.tokens, turn.logprobs,
-                                           strict=True):
+        finished, alternatives = turn.finished, turn.alternatives
+        for at, (request, token, logprob) in enumerate(zip(turn.requests, turn.tokens,
+                                                           turn.logprobs, strict=True)):
             generation = requests.get(request)
             if generation is None:  # cancelled meanwhile
                 continue
             if generation.generated == 0:
                 TIME_TO_FIRST_TOKEN.labels(name).observe(now - generation.spec.enqueued)
             reason = finished.get(request)
-            generation.put(TokenEvent(generation.generated, token, texts[token], logprob, reason))
+            top = alternatives.get(at) if alternatives else None
+            generation.put(TokenEvent(generation.generated, token, texts[token], logprob, reason,
+                                      None if top is None else [(i, texts[i], lp) for i, lp in top]))
             generation.generated += 1
             if reason is not None:
                 del requests[request]

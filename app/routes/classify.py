@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive
 
@@ -22,7 +23,8 @@ async def answer(state: Any, body: ClassifyRequest, receive: Receive) -> tuple[b
     texts = check_texts(body.inputs, state.settings)
     entry = state.registry.get(body.model, "classify")
     assert entry.classify is not None and entry.artifact is not None
-    probs = await unless_disconnected(receive, entry.classify.submit(texts))
+    logits = await unless_disconnected(receive, entry.classify.submit(texts))
+    probs = _apply(body.parameters.function_to_apply or "softmax", logits)
     labels = entry.artifact.labels
     k = body.parameters.top_k or len(labels)
     scores = [[{"label": labels[i], "score": p[i]}
@@ -30,6 +32,17 @@ async def answer(state: Any, body: ClassifyRequest, receive: Receive) -> tuple[b
     # Built here and serialised once: the shape is the response model's, without
     # validating every label object again.
     return json.dumps(scores, separators=(",", ":")).encode(), entry.version
+
+
+def _apply(function: str, logits: list[list[float]]) -> list[list[float]]:
+    """Hugging Face text-classification's function_to_apply on rows of logits (in float32,
+    as the model computes)."""
+    if function == "none":
+        return logits
+    values = torch.tensor(logits, dtype=torch.float32)  # B C
+    out = torch.sigmoid(values) if function == "sigmoid" else torch.softmax(values, dim=-1)
+    result: list[list[float]] = out.tolist()
+    return result
 
 
 @router.post("/classify", response_model=list[list[LabelScore]])

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import math
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +14,28 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import unless_disconnected
 from app.entry import ModelEntry
-from app.errors import DeadlineExceeded, InvalidInput, ServiceError
+from app.errors import InvalidInput, ServiceError, error_type
 from app.generation import Generation, TokenEvent
+from app.jobs import (
+    Finished,
+    Sampling,
+    collect,
+    encode_prompt,
+    first_event,
+    next_event,
+    pause,
+    prefill_logprobs,
+    seeds,
+    submit,
+)
 from app.registry import Registry
 from app.schemas import (
+    BestOfSequence,
     GenerateDetails,
+    GenerateParameters,
     GenerateRequest,
     GenerateResponse,
+    InputToken,
     Token,
 )
 from app.settings import Settings
@@ -32,68 +46,86 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-st
                      "description": "With `stream: true`: one `data:` event per token."}}
 
 
-def _start(body: GenerateRequest, registry: Registry, settings: Settings
-           ) -> tuple[ModelEntry, Generation]:
-    params = body.parameters
-    if len(body.inputs) > settings.max_input_chars:
-        raise InvalidInput(f"inputs has {len(body.inputs)} characters; the limit is "
-                           f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+_next = next_event
+_pause = pause
+
+
+def _checked(params: GenerateParameters, settings: Settings) -> Sampling:
+    """The request's sampling, within the limits."""
     if "max_new_tokens" not in params.model_fields_set:  # the default never exceeds the limit
         params.max_new_tokens = min(params.max_new_tokens, settings.max_new_tokens)
     if params.max_new_tokens > settings.max_new_tokens:
         raise InvalidInput(f"parameters.max_new_tokens is {params.max_new_tokens}; the limit is "
                            f"{settings.max_new_tokens} (RNN_MAX_NEW_TOKENS)")
-    entry = registry.get(body.model, "generate")
-    assert entry.generator is not None and entry.artifact is not None
     temperature, top_k, top_p, penalty = params.sampling()
-    job = entry.generator.submit(
-        entry.artifact.tokenizer.encode(body.inputs, add_special_tokens=False).ids,
-        params.max_new_tokens, temperature, top_k, top_p, penalty,
-        params.seed if params.seed is not None else default_seed(), params.stop)
-    return entry, job
+    return Sampling(max_new_tokens=params.max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, repetition_penalty=penalty, typical_p=params.typical_p or 1.0,
+                    frequency_penalty=params.frequency_penalty or 0.0, stop=params.stop,
+                    top_n_tokens=params.top_n_tokens or 0)
 
 
-def default_seed() -> int:
-    """A fresh random seed for a request that gave none."""
-    return secrets.randbelow(2**53)
-
-
-async def _next(job: Generation) -> TokenEvent:
-    event = await job.events.get()
-    if isinstance(event, BaseException):
-        raise event
-    return event
-
-
-async def _first(job: Generation, timeout_s: float) -> TokenEvent:
-    """The first token; 504 when the job is still waiting for a place at its deadline."""
+def _start(body: GenerateRequest, registry: Registry, settings: Settings
+           ) -> tuple[ModelEntry, list[int], list[Generation]]:
+    sampling = _checked(body.parameters, settings)
+    entry = registry.get(body.model, "generate")
+    ids = encode_prompt(entry, body.inputs, settings, body.parameters.truncate)
+    jobs: list[Generation] = []
     try:
-        return await asyncio.wait_for(_next(job), timeout_s)
-    except TimeoutError:
-        if job.admitted:  # prefilled already: the token is moments away
-            return await _next(job)
-        job.cancel()
-        raise DeadlineExceeded(f"request waited {timeout_s:g} s for a generation slot, its "
-                               "deadline (RNN_REQUEST_TIMEOUT_S)") from None
+        for seed in seeds(body.parameters.seed, body.parameters.best_of or 1):
+            jobs.append(submit(entry, ids, sampling, seed))
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    return entry, ids, jobs
 
 
 def _token(event: TokenEvent) -> Token:
     return Token(id=event.id, text=event.text, logprob=event.logprob)
 
 
-async def _collect(job: Generation, first: TokenEvent, details: bool) -> GenerateResponse:
-    """The whole answer. The request wakes once, when its last token (or an error) has
-    arrived, not once per token."""
-    await _pause(job, None)
-    tokens = [_token(first)]
-    event = first
-    while event.finish_reason is None:
-        event = await _next(job)
-        tokens.append(_token(event))
-    info = GenerateDetails(finish_reason=event.finish_reason,
-                           generated_tokens=len(tokens), seed=job.seed, tokens=tokens)
-    return GenerateResponse(generated_text="".join(t.text for t in tokens),
-                            details=info if details else None)
+def _top(event: TokenEvent) -> list[Token]:
+    return [Token(id=i, text=t, logprob=lp) for i, t, lp in event.top_tokens or []]
+
+
+def _details(done: Finished, prefill: list[InputToken], top_n: bool) -> dict[str, Any]:
+    return {"finish_reason": done.finish_reason, "generated_tokens": len(done.events),
+            "seed": done.job.seed, "input_length": len(done.job.prompt_ids), "prefill": prefill,
+            "tokens": [_token(e) for e in done.events],
+            "top_tokens": [_top(e) for e in done.events] if top_n else None}
+
+
+async def _prefill(entry: ModelEntry, ids: list[int], wanted: bool) -> list[InputToken]:
+    """The prompt's tokens with their logprobs, when asked for (`decoder_input_details`)."""
+    if not wanted:
+        return []
+    logprobs = await prefill_logprobs(entry, ids)
+    assert entry.artifact is not None
+    return [InputToken(id=i, text=entry.artifact.tokenizer.id_to_token(i) or "", logprob=lp)
+            for i, lp in zip(ids, logprobs, strict=True)]
+
+
+async def _best(jobs: list[Generation], settings: Settings) -> tuple[Finished, list[Finished]]:
+    """Every job's answer, and the best by total logprob (TGI's choice for best_of)."""
+    finished = await asyncio.gather(*(collect(job, settings.request_timeout_s) for job in jobs))
+    return max(finished, key=lambda f: f.logprob), finished
+
+
+async def _answer(body: GenerateRequest, entry: ModelEntry, ids: list[int],
+                  jobs: list[Generation], settings: Settings) -> GenerateResponse:
+    """The whole answer."""
+    params = body.parameters
+    best, finished = await _best(jobs, settings)
+    prefill = await _prefill(entry, ids, params.decoder_input_details)
+    prefix = body.inputs if params.return_full_text else ""
+    if not params.details:
+        return GenerateResponse(generated_text=prefix + best.text)
+    top_n = bool(params.top_n_tokens)
+    others = [BestOfSequence(generated_text=prefix + f.text, **_details(f, prefill, top_n))
+              for f in finished if f is not best]
+    info = GenerateDetails(**_details(best, prefill, top_n),
+                           best_of_sequences=others if len(jobs) > 1 else None)
+    return GenerateResponse(generated_text=prefix + best.text, details=info)
 
 
 @functools.cache
@@ -107,21 +139,30 @@ def _number(value: float) -> str:
     return repr(value) if math.isfinite(value) else json.dumps(value)
 
 
-def _event(event: TokenEvent, job: Generation, text: list[str]) -> str:
+def _event(event: TokenEvent, job: Generation, text: list[str], prefix: str = "",
+           prefill: list[InputToken] | None = None) -> str:
     """One server-sent event in TGI's StreamResponse shape. Written by hand: this runs once
     per token per stream on the event loop, and json.dumps of the dict cost several times more."""
+    top = ""
+    if event.top_tokens is not None:
+        top = ',"top_tokens":' + json.dumps(
+            [{"id": i, "text": t, "logprob": lp, "special": False} for i, t, lp in event.top_tokens],
+            separators=(",", ":"))
     head = (f'data: {{"index":{event.index},"token":{{"id":{event.id},'
             f'"text":{_json_text(event.text)},"logprob":{_number(event.logprob)},'
-            f'"special":false}},"generated_text":')
+            f'"special":false}}{top},"generated_text":')
     if event.finish_reason is None:
         return head + 'null,"details":null}\n\n'
     details = {"finish_reason": event.finish_reason, "generated_tokens": len(text),
-               "seed": job.seed}
-    return (head + f'{json.dumps("".join(text))},"details":'
+               "seed": job.seed, "input_length": len(job.prompt_ids)}
+    if prefill:  # decoder_input_details on a stream: the prompt's tokens on the last event
+        details["prefill"] = [t.model_dump() for t in prefill]
+    return (head + f'{json.dumps(prefix + "".join(text))},"details":'
             f'{json.dumps(details, separators=(",", ":"))}}}\n\n')
 
 
-async def _stream(job: Generation, first: TokenEvent, flush_s: float) -> AsyncIterator[str]:
+async def _stream(job: Generation, first: TokenEvent, flush_s: float, prefix: str = "",
+                  prefill: list[InputToken] | None = None) -> AsyncIterator[str]:
     """The job's events as SSE text. The first token goes out at once; after that a stream is
     written at most every `flush_s`, with every token that arrived meanwhile in one write. A
     write (waking the stream's task, Starlette's send chain, the socket call) costs the event
@@ -136,7 +177,7 @@ async def _stream(job: Generation, first: TokenEvent, flush_s: float) -> AsyncIt
             chunk: list[str] = []
             while isinstance(event, TokenEvent):
                 text.append(event.text)
-                chunk.append(_event(event, job, text))
+                chunk.append(_event(event, job, text, prefix, prefill))
                 if event.finish_reason is not None:
                     yield "".join(chunk)
                     return
@@ -150,33 +191,13 @@ async def _stream(job: Generation, first: TokenEvent, flush_s: float) -> AsyncIt
             if event is None:
                 event = await _next(job)
     except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
-        known = isinstance(exc, ServiceError)
-        error = {"error": str(exc) if known else "internal error",
-                 "error_type": type(exc).__name__ if known else "internal"}
+        if isinstance(exc, ServiceError):
+            error = {"error": str(exc), "error_type": error_type(exc)}
+        else:
+            error = {"error": "internal error", "error_type": "generation"}
         yield f"data: {json.dumps(error)}\n\n"
     finally:
         job.cancel()  # a client that left is dropped at the next step
-
-
-async def _pause(job: Generation, seconds: float | None) -> None:
-    """Wait `seconds` (None: no limit), or less if the job ends meanwhile: its last token is
-    not held back."""
-    if job.ended:
-        return
-    loop = asyncio.get_running_loop()
-    job.waiter = waiter = loop.create_future()
-    timer = None if seconds is None else loop.call_later(seconds, _wake, waiter)
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        job.waiter = None
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _ready(job: Generation) -> TokenEvent | BaseException | None:
@@ -190,24 +211,45 @@ def _ready(job: Generation) -> TokenEvent | BaseException | None:
 async def _respond(body: GenerateRequest, request: Request, response: Response,
                    stream: bool) -> Response | GenerateResponse:
     settings: Settings = request.app.state.settings
-    entry, job = _start(body, request.app.state.registry, settings)
+    entry, ids, jobs = _start(body, request.app.state.registry, settings)
+
+    def cancel() -> None:
+        for job in jobs:
+            job.cancel()
+
     try:
-        first = await unless_disconnected(  # errors before the first token keep their status
-            request.receive, _first(job, settings.request_timeout_s), job.cancel)
         if not stream:
             response.headers["X-Model"] = entry.version
             return await unless_disconnected(
-                request.receive, _collect(job, first, body.parameters.details), job.cancel)
+                request.receive, _answer(body, entry, ids, jobs, settings), cancel)
+        prefill = await _prefill(entry, ids, body.parameters.decoder_input_details)
+        job = jobs[0]
+        if len(jobs) > 1:  # best_of: the best candidate is streamed once all have finished
+            best, _ = await unless_disconnected(request.receive, _best(jobs, settings), cancel)
+            job = best.job
+            for event in best.events:
+                job.put(event)
+        first = await unless_disconnected(  # errors before the first token keep their status
+            request.receive, first_event(job, settings.request_timeout_s), job.cancel)
     except BaseException:
-        job.cancel()
+        cancel()
         raise
-    return StreamingResponse(_stream(job, first, settings.stream_flush_ms / 1000),
+    prefix = body.inputs if body.parameters.return_full_text else ""
+    return StreamingResponse(_stream(job, first, settings.stream_flush_ms / 1000, prefix,
+                                     prefill),
                              media_type="text/event-stream",
                              headers={"X-Model": entry.version, "Cache-Control": "no-cache"})
 
 
-@router.post("/", response_model=GenerateResponse, responses=_STREAM_DOC,
-             summary="TGI's root route: /generate, or /generate_stream with stream: true")
+@router.post("/", response_model=list[GenerateResponse], responses=_STREAM_DOC,
+             summary="TGI's root route: a one-element list, or /generate_stream with stream: true")
+async def root(body: GenerateRequest, request: Request,
+               response: Response) -> Response | list[GenerateResponse]:
+    """As TGI's `POST /`: the answer in a one-element list; `stream: true` streams."""
+    result = await _respond(body, request, response, body.stream)
+    return result if isinstance(result, Response) else [result]
+
+
 @router.post("/generate", response_model=GenerateResponse, responses=_STREAM_DOC)
 async def generate(body: GenerateRequest, request: Request,
                    response: Response) -> Response | GenerateResponse:

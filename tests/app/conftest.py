@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -165,3 +166,27 @@ def client(models_with_broken: Path) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(models_dir=models_with_broken, max_inputs=8,
                                         max_input_chars=200, max_new_tokens=300))) as c:
         yield c
+
+
+SHAKESPEARE_CHAT = {"turn": "{name}:\n{content}\n\n",
+                    "names": {"system": "CHORUS", "user": "ROMEO", "assistant": "JULIET"},
+                    "stop": ["\n\n"]}
+
+
+@pytest.fixture(scope="session")
+def chat_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny models, the language model with the shipped model's chat template."""
+    root = tmp_path_factory.mktemp("chat") / "models"
+    shutil.copytree(models_dir, root)
+    config_path = root / "shakespeare" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = SHAKESPEARE_CHAT
+    config_path.write_text(json.dumps(config))
+    return root
+
+
+@pytest.fixture(scope="session")
+def clients_url(chat_models: Path) -> Iterator[str]:
+    """One real uvicorn on a loopback port for the real-client tests."""
+    with running_server(create_app(Settings(models_dir=chat_models, max_new_tokens=300))) as base:
+        yield base

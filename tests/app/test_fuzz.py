@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from app.main import create_app
 from app.schemas import ClassifyParameters, GenerateParameters
@@ -39,6 +40,11 @@ def _whole_float_for_an_integer(value: Any) -> bool:
     return False
 
 
+# A conversation's rendered length limit (RNN_MAX_INPUT_CHARS) spans all its messages, which
+# a schema cannot state: a long valid-looking conversation is rightly refused there.
+EXCLUDED = {"/v1/chat/completions": [positive_data_acceptance]}
+
+
 @pytest.fixture(scope="module")
 def fuzz_schema(models_dir: Path) -> Iterator[Any]:
     """The live schema of a real server (tiny models, small limits)."""
@@ -60,6 +66,6 @@ def test_operation_never_fails_and_matches_its_schema(fuzz_schema: Any, method: 
     def check(case: schemathesis.Case) -> None:
         if mode == POSITIVE:
             assume(not _whole_float_for_an_integer(case.body))
-        case.call_and_validate()
+        case.call_and_validate(excluded_checks=EXCLUDED.get(path, []))
 
     check()

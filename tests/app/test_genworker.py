@@ -145,7 +145,7 @@ def test_a_client_that_leaves_is_dropped_and_a_dead_worker_is_replaced(
             assert json.loads(first[5:])["index"] == 0
             os.kill(old, signal.SIGKILL)
             rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
-        assert rest[-1]["error_type"] == "Overloaded" and "retry" in rest[-1]["error"]
+        assert rest[-1]["error_type"] == "overloaded" and "retry" in rest[-1]["error"]
         deadline = time.monotonic() + 30
         while (transport.pid == old or generator.waiting) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 
 from app.generation import Generation, TokenEvent
 from app.generation.messages import GenerationSpec
+from app.jobs import collect
 from app.main import create_app
-from app.routes.generate import _collect, _event, _stream
+from app.routes.generate import _event, _stream
 from app.schemas import StreamResponse
 from app.settings import Settings
 from textrnn.artifact import load_artifact
@@ -125,7 +126,13 @@ def test_greedy_generation_ends_at_the_first_stop_sequence(client: TestClient) -
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"temperature": -1}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
-    ({"best_of": 2}, "best_of is not supported"),
+    ({"best_of": 9}, "best_of"),
+    ({"best_of": "2"}, "best_of"),
+    ({"typical_p": 0}, "typical_p"),
+    ({"top_n_tokens": 6}, "top_n_tokens"),
+    ({"truncate": 0}, "truncate"),
+    ({"grammar": {"type": "json", "value": {}}}, "grammar is not supported"),
+    ({"adapter_id": "x"}, "adapter_id is not supported"),
     ({"watermark": True}, "watermark is not supported"),
     ({"stop": [""]}, "stop sequence"),
     ({"unknown_thing": 1}, "unknown_thing"),
@@ -150,7 +157,7 @@ def test_stream_sends_one_event_per_token_then_the_text(client: TestClient) -> N
         events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
     assert [e["index"] for e in events] == list(range(12))
     for event in events:  # the hand-built events keep the documented (TGI) shape
-        assert StreamResponse.model_validate(event).model_dump(mode="json") == event
+        assert StreamResponse.model_validate(event).model_dump(mode="json", exclude_unset=True) == event
     assert all(e["generated_text"] is None for e in events[:-1])
     whole = client.post("/generate", json=body).json()["generated_text"]
     assert events[-1]["generated_text"] == whole == "".join(e["token"]["text"] for e in events)
@@ -210,7 +217,7 @@ def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
                     "generated_text": None, "details": None}
         if reason:
             expected |= {"generated_text": "".join(text), "details": {
-                "finish_reason": reason, "generated_tokens": 5, "seed": 7}}
+                "finish_reason": reason, "generated_tokens": 5, "seed": 7, "input_length": 1}}
         assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
 
 
@@ -273,11 +280,12 @@ def test_a_whole_answer_wakes_its_request_once_not_once_per_token() -> None:
             return await real_get()
         job.events.get = counting_get  # type: ignore[method-assign]
 
+        job.put(events[0])
         producer = asyncio.create_task(_feed(job, events[1:], 0.001))
-        answer = await _collect(job, events[0], details=True)
+        answer = await collect(job, 5.0)
         await producer
-        assert answer.details is not None and answer.details.generated_tokens == 30
-        return answer.generated_text, waits
+        assert len(answer.events) == 30
+        return answer.text, waits
 
     text, waits = asyncio.run(run())
     assert text == "ab" * 15 and waits == 0

@@ -1,0 +1,112 @@
+"""Request models of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions).
+
+Every field OpenAI defines for these calls is either implemented or refused by name unless
+it is at its neutral value; unknown fields are refused too, so nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from app.schemas import AS_JSON_INT, STOP_MAX_CHARS
+
+__all__ = ["MAX_N", "ChatMessage", "ChatRequest", "CompletionRequest", "StreamOptions"]
+
+MAX_N = 8
+MAX_LOGPROBS = 5
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+StopText = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS)]
+
+
+class StreamOptions(_Strict):
+    """OpenAI's stream_options."""
+
+    include_usage: StrictBool = False
+
+
+class _Sampling(_Strict):
+    """The sampling fields both OpenAI calls share."""
+
+    model: str = Field(..., max_length=128, examples=["shakespeare"],
+                       description="A generation model's name, or `tgi` for the default one.")
+    max_tokens: Annotated[int, Field(ge=1), AS_JSON_INT] | None = Field(
+        None, description="Tokens to generate at most.")
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False,
+                                      description="0 is greedy; default 1.")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    n: Annotated[int, Field(ge=1, le=MAX_N), AS_JSON_INT] = Field(
+        1, description="Choices per prompt (seeds seed, seed+1, ...).")
+    stop: StopText | list[StopText] | None = Field(None, max_length=16, description="Up to 16 "
+                                                   "stop sequences; the text ends before the "
+                                                   "one that hit.")
+    seed: Annotated[int, Field(ge=0, le=2**53), AS_JSON_INT] | None = Field(None)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, float] | None = Field(None, max_length=0,
+                                                description="Not supported: null or {} only.")
+    user: str | None = Field(None, max_length=256, description="Accepted; not used.")
+
+    def stops(self) -> list[str]:
+        """The stop sequences as a list."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(_Sampling):
+    """OpenAI's /v1/completions body."""
+
+    prompt: str | list[str] = Field(..., examples=["ROMEO:"])
+    echo: StrictBool = Field(False, description="Prepend the prompt to each choice's text.")
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), AS_JSON_INT] | None = Field(
+        None, description="Logprobs of each token and this many alternatives.")
+    best_of: Literal[1] | None = Field(None, description="Not supported: null or 1 only.")
+    suffix: Literal[""] | None = Field(None, description="Not supported: null or \"\" only.")
+
+class TextPart(_Strict):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class TextFormat(_Strict):
+    """The only response_format served: plain text."""
+
+    type: Literal["text"]
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation (tool calls are not supported)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = Field(None, max_length=64, description="The speaker's name.")
+
+    def text(self) -> str:
+        """The content as one string."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatRequest(_Sampling):
+    """OpenAI's /v1/chat/completions body."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: Annotated[int, Field(ge=1), AS_JSON_INT] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), AS_JSON_INT] | None = None
+    tools: list[Any] | None = Field(None, max_length=0, description="Not supported: null or [].")
+    tool_choice: Literal["none"] | None = Field(None, description="Not supported: null or none.")
+    response_format: TextFormat | None = None
+    parallel_tool_calls: StrictBool | None = None

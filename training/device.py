@@ -21,17 +21,21 @@ class PrecisionUnsupported(ValueError):
     """The device cannot train in the precision asked for."""
 
 
+_LAYERS: dict[str, type[nn.LSTM | nn.GRU | nn.RNN]] = {"LSTM": nn.LSTM, "GRU": nn.GRU,
+                                                       "RNN": nn.RNN}
+
+
 @functools.cache
-def _cpu_bf16_runs(kind: type[nn.RNNBase]) -> bool:
-    """Whether this CPU runs a recurrent layer of `kind` (nn.LSTM, nn.GRU, ...) forward and
+def _cpu_bf16_runs(name: str) -> bool:
+    """Whether this CPU runs a recurrent layer `name` (LSTM, GRU, RNN) forward and
     backward under bfloat16 autocast: oneDNN's bfloat16 LSTM needs CPU features that not
     every x86 CPU has, and fails deep inside the first step without them."""
     with torch.random.fork_rng(devices=[]):
-        layer = kind(4, 4, batch_first=True)
+        layer = _LAYERS[name](4, 4, batch_first=True)
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out, _ = layer(torch.ones(2, 3, 4))
-            out.float().sum().backward()  # type: ignore[no-untyped-call]
+            out.float().sum().backward()
         except RuntimeError:
             return False
     return True
@@ -47,11 +51,10 @@ def check_precision(precision: str, device: torch.device | str, net: nn.Module |
         raise PrecisionUnsupported(f"--precision fp16 needs a GPU (device is {device}); on the "
                                    "CPU use fp32, or bf16 where the CPU has bfloat16 kernels")
     if precision == "bf16" and kind == "cpu" and net is not None:
-        for kind in {type(m) for m in net.modules() if isinstance(m, nn.RNNBase)}:
-            if not _cpu_bf16_runs(kind):
-                raise PrecisionUnsupported(f"--precision bf16: this CPU has no bfloat16 "
-                                           f"{kind.__name__} kernel; use fp32 here, or bf16 "
-                                           "on a GPU")
+        for name in sorted({type(m).__name__ for m in net.modules()} & set(_LAYERS)):
+            if not _cpu_bf16_runs(name):
+                raise PrecisionUnsupported(f"--precision bf16: this CPU has no bfloat16 {name} "
+                                           "kernel; use fp32 here, or bf16 on a GPU")
 
 
 @contextlib.contextmanager

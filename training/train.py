@@ -26,8 +26,6 @@ __all__ = ["CheckpointMismatch", "FitResult", "Job", "TrainConfig", "WorkDirBusy
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
-
-
 LOG_FILE = "metrics.jsonl"
 
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_lm_args
+from tests.conftest import tiny_classifier_args, tiny_lm_args
 from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net
 from training.classify import ClassifierJob
 from training.distributed import Part
@@ -202,3 +202,20 @@ def test_torchrun_lm_resumes_after_a_kill_and_rank_0_alone_writes(lm_file: Path,
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.gpu
+def test_torchrun_on_two_gpus_talks_nccl(lm_file: Path, sentiment_files: tuple[Path, Path],
+                                         tmp_path: Path) -> None:
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    gpu = ["--device", "cuda", "--precision", "bf16"]
+    lm, sentiment = tmp_path / "models" / "lm", tmp_path / "models" / "sentiment"
+    for args in (tiny_lm_args(lm_file, lm), tiny_classifier_args(*sentiment_files, sentiment)):
+        run = _torchrun(args + gpu, _free_port())
+        output = run.communicate(timeout=240)[0].decode()
+        assert run.returncode == 0, output
+    for folder in (lm, sentiment):
+        training = json.loads((folder / "config.json").read_text())["training"]
+        assert training["distributed"]["backend"] == "nccl"
+        assert training["distributed"]["world_size"] == 2

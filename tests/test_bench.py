@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from bench.openloop import Outcome, make_schedule, summarise
+from bench.openloop import Outcome, _best, make_schedule, summarise
 from bench.run import _best_of, _latency_summary, _profiled, _table
 from bench.static_server import StaticBatcher, StaticJob, TokenOut
 from bench.static_server import create_app as static_app
@@ -165,3 +165,12 @@ def test_the_open_loop_summary_counts_from_the_scheduled_arrival() -> None:
     assert summary["tokens_per_s"] == 30 / 4.0
     assert summary["p99_ms"] == 2000.0 and summary["stream_ttft_p50_ms"] == 100.0
     assert summary["errors"] == {"503": 1, "unfinished": 1}
+
+
+def test_the_open_loop_keeps_each_servers_best_repeat() -> None:
+    slow = {"completed": 10, "p99_ms": 900.0}
+    fast = {"completed": 10, "p99_ms": 400.0}
+    failed = {"completed": 4, "p99_ms": 100.0}
+    best = _best([slow, failed, fast])
+    assert best["p99_ms"] == 400.0 and best["runs"] == [slow, failed, fast]
+    assert _best([{"completed": 0, "p99_ms": float("nan")}, slow])["p99_ms"] == 900.0

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Outcome:
     """What happened to one request: seconds from its scheduled arrival."""
 
     stream: bool
+    wanted: int  # max_new_tokens
     tokens: int = 0
     first_s: float | None = None
     done_s: float | None = None
@@ -80,7 +81,7 @@ async def _one(host: str, port: int, arrival: Arrival, scheduled: float) -> Outc
     body = {"inputs": arrival.prompt, "parameters": {
         "max_new_tokens": arrival.max_new_tokens, "temperature": 0.8, "top_k": 40,
         "top_p": 0.95, "seed": arrival.seed}}
-    out = Outcome(arrival.stream)
+    out = Outcome(arrival.stream, arrival.max_new_tokens)
     conn = Connection(host, port)  # one connection per request: no client-side queueing
     try:
         if arrival.stream:
@@ -125,7 +126,8 @@ async def drive(url: str, arrivals: list[Arrival], drain_s: float) -> tuple[list
     finished, unfinished = await asyncio.wait(tasks, timeout=drain_s) if tasks else (set(), set())
     for task in unfinished:
         task.cancel()
-    outcomes = [t.result() if t in finished else Outcome(a.stream, error="unfinished")
+    outcomes = [t.result() if t in finished else Outcome(a.stream, a.max_new_tokens,
+                                                          error="unfinished")
                 for t, a in zip(tasks, arrivals, strict=True)]
     ends = [a.at + o.done_s for a, o in zip(arrivals, outcomes, strict=True) if o.done_s is not None]
     return outcomes, max([*ends, arrivals[-1].at if arrivals else 0.0])
@@ -133,11 +135,16 @@ async def drive(url: str, arrivals: list[Arrival], drain_s: float) -> tuple[list
 
 def summarise(outcomes: list[Outcome], elapsed: float) -> dict[str, Any]:
     """Throughput over `elapsed` (start to last answer), latency and time to first token
-    percentiles over the answered requests, and the errors by kind."""
+    percentiles over the answered requests, and the errors by kind. Latency per token is a
+    request's latency over its length (the mix of lengths is wide); time per output token is
+    a stream's time from its first token to its last, per token after the first."""
     ok = [o for o in outcomes if o.error is None and o.done_s is not None]
     streams = [o.first_s for o in ok if o.stream and o.first_s is not None]
     firsts = [o.first_s for o in ok if o.first_s is not None]
     done = [o.done_s for o in ok if o.done_s is not None]
+    per_token = [o.done_s / o.wanted for o in ok if o.done_s is not None]
+    tpot = [(o.done_s - o.first_s) / (o.tokens - 1) for o in ok if o.stream and o.tokens > 1
+            and o.done_s is not None and o.first_s is not None]
     elapsed = max(elapsed, 1e-9)
     return {"requests": len(outcomes), "completed": len(ok),
             "requests_per_s": len(ok) / elapsed,
@@ -146,6 +153,9 @@ def summarise(outcomes: list[Outcome], elapsed: float) -> dict[str, Any]:
             "ttft_p50_ms": percentile(firsts, 50) * 1000, "ttft_p99_ms": percentile(firsts, 99) * 1000,
             "stream_ttft_p50_ms": percentile(streams, 50) * 1000,
             "stream_ttft_p99_ms": percentile(streams, 99) * 1000,
+            "per_token_p50_ms": percentile(per_token, 50) * 1000,
+            "per_token_p99_ms": percentile(per_token, 99) * 1000,
+            "tpot_p50_ms": percentile(tpot, 50) * 1000, "tpot_p99_ms": percentile(tpot, 99) * 1000,
             "errors": dict(Counter(o.error for o in outcomes if o.error is not None))}
 
 
@@ -197,8 +207,9 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _table(result: dict[str, Any]) -> str:
     rows = ["| rate req/s | server | completed req/s | tokens/s | p50 ms | p99 ms | "
-            "TTFT p50 ms | TTFT p99 ms | stream TTFT p50 ms | stream TTFT p99 ms | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "TTFT p50 ms | TTFT p99 ms | stream TTFT p50 ms | stream TTFT p99 ms | "
+            "ms per token p50 / p99 | stream TPOT p50 / p99 ms | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for level in result["levels"]:
         for name in ("continuous", "static"):
             r = level[name]
@@ -207,7 +218,8 @@ def _table(result: dict[str, Any]) -> str:
                         f"{r['tokens_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                         f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | "
                         f"{r['stream_ttft_p50_ms']:.0f} | {r['stream_ttft_p99_ms']:.0f} | "
-                        f"{errors} |")
+                        f"{r['per_token_p50_ms']:.1f} / {r['per_token_p99_ms']:.1f} | "
+                        f"{r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | {errors} |")
     return "\n".join(rows)
 
 
@@ -253,7 +265,10 @@ def main() -> None:
                 # drift falls on both alike.
                 for name in (list(servers) if (i + turn) % 2 == 0 else list(reversed(servers))):
                     outcomes, elapsed = asyncio.run(drive(servers[name], arrivals, args.drain_s))
-                    run = summarise(outcomes, elapsed) | {"load_average_1m": os.getloadavg()[0]}
+                    run = summarise(outcomes, elapsed) | {
+                        "load_average_1m": os.getloadavg()[0],
+                        "outcomes": [asdict(o) | {"at": a.at} for o, a in
+                                     zip(outcomes, arrivals, strict=True)]}
                     runs[name].append(run)
                     print(f"  rate {rate:g}: {name} {run['tokens_per_s']:.0f} tokens/s, "
                           f"p99 {run['p99_ms']:.0f} ms", file=sys.stderr)

@@ -158,12 +158,14 @@ def test_the_open_loop_schedule_is_fixed_by_its_seed() -> None:
 
 
 def test_the_open_loop_summary_counts_from_the_scheduled_arrival() -> None:
-    outcomes = [Outcome(True, 10, 0.1, 1.0), Outcome(False, 20, 2.0, 2.0),
-                Outcome(True, error="503"), Outcome(False, error="unfinished")]
+    outcomes = [Outcome(True, 10, 10, 0.1, 1.0), Outcome(False, 20, 20, 2.0, 2.0),
+                Outcome(True, 30, error="503"), Outcome(False, 40, error="unfinished")]
     summary = summarise(outcomes, elapsed=4.0)
     assert summary["completed"] == 2 and summary["requests_per_s"] == 0.5
     assert summary["tokens_per_s"] == 30 / 4.0
     assert summary["p99_ms"] == 2000.0 and summary["stream_ttft_p50_ms"] == 100.0
+    assert summary["per_token_p50_ms"] == 100.0  # 2.0 s for 20 tokens; 1.0 s for 10
+    assert summary["tpot_p50_ms"] == pytest.approx(100.0)  # 0.9 s for the 9 after the first
     assert summary["errors"] == {"503": 1, "unfinished": 1}
 
 

@@ -188,6 +188,22 @@ class StaticServer:
         self.proc.wait(timeout=60)
 
 
+def _steps(url: str) -> tuple[float, float]:
+    """(model steps, rows over those steps) so far: the baseline's /stats, or the service's
+    rnn_batch_size histogram for the language model (one observation per step)."""
+    stats = httpx.get(f"{url}/stats", timeout=30)
+    if stats.status_code == 200:
+        body = stats.json()
+        return float(body["steps"]), float(body["rows_stepped"])
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in ('rnn_batch_size_count{model="shakespeare"}',
+                    'rnn_batch_size_sum{model="shakespeare"}'):
+            values[name.split("{")[0]] = float(value)
+    return values.get("rnn_batch_size_count", 0.0), values.get("rnn_batch_size_sum", 0.0)
+
+
 def _warm(url: str) -> None:
     """One short request of each kind, so neither server's first batch pays its start-up."""
     for path in ("/generate", "/generate_stream"):
@@ -208,8 +224,8 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _table(result: dict[str, Any]) -> str:
     rows = ["| rate req/s | server | completed req/s | tokens/s | p50 ms | p99 ms | "
             "TTFT p50 ms | TTFT p99 ms | stream TTFT p50 ms | stream TTFT p99 ms | "
-            "ms per token p50 / p99 | stream TPOT p50 / p99 ms | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "ms per token p50 / p99 | stream TPOT p50 / p99 ms | rows per step | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for level in result["levels"]:
         for name in ("continuous", "static"):
             r = level[name]
@@ -219,7 +235,8 @@ def _table(result: dict[str, Any]) -> str:
                         f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | "
                         f"{r['stream_ttft_p50_ms']:.0f} | {r['stream_ttft_p99_ms']:.0f} | "
                         f"{r['per_token_p50_ms']:.1f} / {r['per_token_p99_ms']:.1f} | "
-                        f"{r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | {errors} |")
+                        f"{r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | "
+                        f"{r['rows_per_step']:.1f} | {errors} |")
     return "\n".join(rows)
 
 
@@ -264,8 +281,12 @@ def main() -> None:
                 # Turns alternate which server goes first (A B, B A, ...), so the machine's
                 # drift falls on both alike.
                 for name in (list(servers) if (i + turn) % 2 == 0 else list(reversed(servers))):
+                    steps, rows = _steps(servers[name])
                     outcomes, elapsed = asyncio.run(drive(servers[name], arrivals, args.drain_s))
+                    steps_after, rows_after = _steps(servers[name])
                     run = summarise(outcomes, elapsed) | {
+                        "steps": steps_after - steps,
+                        "rows_per_step": (rows_after - rows) / max(1.0, steps_after - steps),
                         "load_average_1m": os.getloadavg()[0],
                         "outcomes": [asdict(o) | {"at": a.at} for o, a in
                                      zip(outcomes, arrivals, strict=True)]}

@@ -88,6 +88,7 @@ class StaticBatcher:
             self.texts[i] = token
         self.batch_sizes: list[int] = []  # one entry per batch run
         self.steps_run = 0
+        self.rows_stepped = 0  # rows over all steps, padding rows included
         self._inbox: queue.Queue[StaticJob | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="static-batcher", daemon=True)
 
@@ -166,6 +167,7 @@ class StaticBatcher:
                 # Every row steps, finished ones too: their state is padding until the end.
                 logits, state = self.net.step(chosen, state)  # B V
                 self.steps_run += 1
+                self.rows_stepped += len(jobs)
 
     def _record(self, jobs: list[StaticJob], ids: list[int], logprobs: list[float]) -> bool:
         """Append each live row's token to its pending events; whether any row ended."""
@@ -286,6 +288,13 @@ def create_app(folder: Path, max_batch: int = 64, window_ms: float = 5.0,
     @app.get("/health/ready")
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, int]:
+        batcher = state["batcher"]
+        assert isinstance(batcher, StaticBatcher)
+        return {"batches": len(batcher.batch_sizes), "steps": batcher.steps_run,
+                "rows_stepped": batcher.rows_stepped}
 
     @app.post("/generate")
     async def generate(body: GenerateRequest) -> Response:

@@ -137,6 +137,8 @@ def test_the_static_baseline_answers_in_the_services_shapes_with_the_services_te
     with TestClient(static_app(models_dir / "shakespeare", window_ms=1)) as client:
         whole = client.post("/generate", json=body)
         stream = client.post("/generate_stream", json=body)
+        stats = client.get("/stats").json()
+    assert stats == {"batches": 2, "steps": 2 * 19, "rows_stepped": 2 * 19}  # one at a time
     assert whole.status_code == 200 and whole.json() == {"generated_text": expected,
                                                          "details": None}
     events = [json.loads(line[5:]) for line in stream.text.splitlines() if line.startswith("data:")]

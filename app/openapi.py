@@ -19,6 +19,8 @@ __all__ = ["install_openapi"]
 _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {
     "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
     "error": {"type": "string"}, "error_type": {"type": "string"}}}
+_OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"]}}}
 _ANSWERS = {
     "401": "API key missing or wrong (when RNN_API_KEYS is set)",
     "404": "No such model; the message lists the available ones",
@@ -85,11 +87,14 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
                     answers |= _ANSWERS | (_ADMIN_ANSWERS if path.startswith("/admin/") else {})
                 if method == "post":
                     answers |= _BODY_ANSWERS
+                schema: dict[str, Any] = {"$ref": "#/components/schemas/ErrorResponse"}
+                if path.startswith("/v1/"):  # OpenAI's error shape, or the framework's own
+                    schema = {"anyOf": [schema, _OPENAI_ERROR]}
                 for code, description in answers.items():
+                    own = operation["responses"].get(code, {}).get("description")
                     operation["responses"][code] = {
-                        "description": description,
-                        "content": {"application/json": {"schema": {
-                            "$ref": "#/components/schemas/ErrorResponse"}}}}
+                        "description": own or description,
+                        "content": {"application/json": {"schema": schema}}}
         app.openapi_schema = spec
         return spec
 

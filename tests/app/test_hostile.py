@@ -16,6 +16,9 @@ from app.logs import REQUEST_ID
 from app.main import create_app
 from app.settings import Settings
 
+# A server fault's body: both conventions' fields, and nothing of the fault itself.
+INTERNAL = {"detail": "internal error", "error": "internal error", "error_type": "generation"}
+
 JSON = {"content-type": "application/json"}
 LONE = '"\\ud800"'  # a JSON string holding a lone surrogate, as an attacker writes it
 
@@ -146,7 +149,7 @@ def test_a_500_carries_the_request_id_on_the_answer_and_its_traceback(
             r = client.post(path, json={"inputs": "fine"}, headers={"X-Request-Id": "req-500"})
     finally:
         logging.getLogger("app").removeHandler(ids)
-    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert r.status_code == 500 and r.json() == INTERNAL
     assert r.headers["x-request-id"] == "req-500"
     tracebacks = [line for line in ids.lines if line[2]]
     assert tracebacks and all(rid == "req-500" for rid, _, _ in tracebacks)

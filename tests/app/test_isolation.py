@@ -16,6 +16,9 @@ from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import running_server, slowed
 
+# A server fault's body: both conventions' fields, and nothing of the fault itself.
+INTERNAL = {"detail": "internal error", "error": "internal error", "error_type": "generation"}
+
 LONE = '"\\ud800"'  # a JSON string holding a lone surrogate
 GOOD: dict[str, dict[str, Any]] = {
     "/classify": {"inputs": ["a gripping, beautiful film", "dull"]},
@@ -149,6 +152,6 @@ def test_a_server_fault_in_every_batch_is_a_500_that_leaks_nothing(live: tuple[s
     finally:
         engine.run_batch = real
     assert [r.status_code for r in responses] == [500] * 6
-    assert all(r.json() == {"detail": "internal error"} for r in responses)
+    assert all(r.json() == INTERNAL for r in responses)
     assert len({r.headers["x-request-id"] for r in responses}) == 6
     assert httpx.post(f"{url}/classify", json={"inputs": "x"}).status_code == 200

@@ -1,10 +1,10 @@
 """The generation engine: continuous batching for one language model, as a plain object.
 
 `add(spec)` queues a request, `cancel(id)` drops it, and each `turn()` does one round of work
-and returns what it produced. A turn steps every running sequence by one token in one
-batched cell step, then reads one chunk of every prompt being prefilled, so a long prompt
-delays the running streams by one chunk's time, not by its whole length. A prompt that is
-fully read samples its first token and joins the running batch. Each row samples with its
+and returns what it produced. A turn reads one chunk of every prompt being prefilled, so a
+long prompt delays the running streams by one chunk's time, not by its whole length; a prompt
+read to its end samples its first token and joins the running batch. Then the turn steps every
+running sequence by one token in one batched cell step. Each row samples with its
 own parameters and its own seed's random numbers, so a text never depends on its batch mates.
 
 Nothing here knows about threads, event loops, HTTP or metrics: the transports
@@ -115,16 +115,18 @@ class Engine:
         self._cancelled.add(request)
 
     def turn(self) -> Turn:
-        """Admit, step the running batch, prefill one chunk; what happened. A failing step
+        """Admit, prefill one chunk, step the running batch; what happened. A failing step
         fails the requests it held, never the engine."""
         turn = Turn()
         self._drop_cancelled()
         self._admit(turn)
         try:
-            if self._running.seqs:
-                self._step(turn)
+            # Prefill first: a short prompt's first token then leaves in the turn it arrived
+            # in, and its row takes part in this turn's step too.
             if self._prefilling.seqs:
                 self._prefill(turn)
+            if self._running.seqs:
+                self._step(turn)
         except Exception as exc:
             log.exception("generation step failed")
             for seq in self._prefilling.seqs + self._running.seqs:

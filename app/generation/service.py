@@ -176,6 +176,9 @@ class Generator:
                 generation.put(DeadlineExceeded(failure.message) if failure.kind == "deadline"
                                else GenerationFailed(failure.message))
         finished, alternatives = turn.finished, turn.alternatives
+        # A request may have two tokens in a turn (its prompt's last chunk, then the step):
+        # its finish reason belongs to the last of them.
+        ends = {turn.requests[i]: i for i in range(len(turn.requests))} if finished else {}
         for at, (request, token, logprob) in enumerate(zip(turn.requests, turn.tokens,
                                                            turn.logprobs, strict=True)):
             generation = requests.get(request)
@@ -183,7 +186,7 @@ class Generator:
                 continue
             if generation.generated == 0:
                 TIME_TO_FIRST_TOKEN.labels(name).observe(now - generation.spec.enqueued)
-            reason = finished.get(request)
+            reason = finished.get(request) if ends.get(request) == at else None
             top = alternatives.get(at) if alternatives else None
             generation.put(TokenEvent(generation.generated, token, texts[token], logprob, reason,
                                       None if top is None else [(i, texts[i], lp) for i, lp in top]))

@@ -1,14 +1,12 @@
-"""One model folder in the service: loading with warm-up, its batchers and scheduler,
-and retiring it once its in-flight work is done."""
+"""One model folder in the service: loading with warm-up, its batchers and generator, what
+/models says of it, and retiring it once its in-flight work is done."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +16,14 @@ import torch
 
 from app.batching import BatchEngine
 from app.generation import Generator, make_generator
+from app.inference import classify_batch, score_batch, warm_up
 from app.metrics import MODEL_READY
 from app.settings import Settings
 from textrnn.artifact import Artifact, ArtifactError, load_artifact
-from textrnn.inference import classify_logits, token_logprobs
-from textrnn.nets import CharLM, RNNClassifier
-from textrnn.tokenization import encode_batch
 
-__all__ = ["ModelEntry", "fingerprint", "resolve_device"]
+__all__ = ["ModelEntry", "fingerprint"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"RNN_DEVICE={name} but torch sees no CUDA device; use cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -61,7 +48,7 @@ class ModelEntry:
         self.fingerprint = fingerprint(self.folder)
         try:
             self.artifact = load_artifact(self.folder, device, weights)
-            _warm_up(self.artifact, device)
+            warm_up(self.artifact, device)
             self.status = "ready"
             log.info("loaded model %s (%s, %d parameters, %s weights)", self.name,
                      self.artifact.task, self.artifact.parameters, self.artifact.weights)
@@ -88,12 +75,12 @@ class ModelEntry:
         assert self.artifact is not None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
         if self.artifact.task == "classification":
-            self.classify = BatchEngine(self.name, _classify_batch(self.artifact), self.executor,
+            self.classify = BatchEngine(self.name, classify_batch(self.artifact), self.executor,
                                         s.max_batch_size, s.max_queue, s.max_wait_ms,
                                         s.request_timeout_s)
             self.classify.start()
         else:
-            self.score = BatchEngine(self.name, _score_batch(self.artifact), self.executor,
+            self.score = BatchEngine(self.name, score_batch(self.artifact), self.executor,
                                      s.max_batch_size, s.max_queue, s.max_wait_ms,
                                      s.request_timeout_s)
             self.score.start()
@@ -159,61 +146,7 @@ def fingerprint(folder: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _warm_up(artifact: Artifact, device: torch.device) -> None:
-    with torch.inference_mode():
-        if isinstance(artifact.net, RNNClassifier):
-            _classify_batch(artifact)(["warm up", "a b c"])
-        else:
-            _score_batch(artifact)(["warm up", "abc"])
-            net = artifact.net
-            net.step(torch.zeros(2, dtype=torch.long, device=device), net.initial_state(2, device))
-
-
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """Scalar metrics only (no confusion matrices) for listings."""
     return {split: {k: v for k, v in values.items() if isinstance(v, int | float)}
             for split, values in metrics.items() if isinstance(values, dict)}
-
-
-def _classify_batch(artifact: Artifact) -> Callable[[list[str]], list[list[float]]]:
-    net = artifact.net
-    assert isinstance(net, RNNClassifier)
-    max_length = artifact.config.get("max_length") or 10**9
-
-    def run(texts: list[str]) -> list[list[float]]:
-        with torch.inference_mode():
-            seqs = [s[:max_length] for s in encode_batch(artifact.tokenizer, texts)]
-            # Raw logits: the route applies softmax, sigmoid or nothing (function_to_apply).
-            logits = classify_logits(net, seqs).float()  # B C
-            result: list[list[float]] = logits.cpu().tolist()
-            return result
-    return run
-
-
-def _score_batch(artifact: Artifact) -> Callable[[list[str]], list[dict[str, Any]]]:
-    net = artifact.net
-    assert isinstance(net, CharLM)
-
-    def run(texts: list[str]) -> list[dict[str, Any]]:
-        with torch.inference_mode():
-            encodings = artifact.tokenizer.encode_batch(texts, add_special_tokens=False)
-            seqs = [e.ids for e in encodings]
-            logp = token_logprobs(net, seqs)  # B T-1
-            sums = logp.sum(1).cpu().tolist()  # summed where it was computed: totals unchanged
-            logp = logp.cpu()
-        out = []
-        for i, (seq, total) in enumerate(zip(seqs, sums, strict=True)):
-            n = len(seq) - 1
-            # Per-token values ride along unconverted (a view, an Encoding): only a request
-            # that asks for details pays for turning them into lists.
-            row = {"encoding": encodings[i], "token_logprobs": logp[i, :max(n, 0)]}
-            if n < 1:
-                out.append(row | {"tokens": 0, "log_prob": 0.0, "perplexity": None,
-                                  "bits_per_char": None})
-                continue
-            out.append(row | {"tokens": n, "log_prob": total, "perplexity": math.exp(-total / n),
-                              "bits_per_char": -total / n / math.log(2)})
-        return out
-    return run
-
-

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
-from app.fastpath import ClassifyFastPath
+from app.fastpath import install_classify_fast_path
 from app.guard import RequestGuard
 from app.logs import configure_logging
 from app.middleware import ServiceMiddleware
@@ -116,7 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     # Keys and draining are checked by the middleware (see is_public for what is exempt).
-    app.add_middleware(ClassifyFastPath, state=app.state)  # inside ServiceMiddleware
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s)  # and above it
     app.add_middleware(ServiceMiddleware, settings=settings, state=app.state)
     for module in (classify, generate, score, models, admin, metrics, health):
@@ -124,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.include_router(module.router)
     app.include_router(tgi.router)
     app.include_router(openai_routes.router)
+    install_classify_fast_path(app)  # after the FastAPI route it stands in for
     install_docs(app)
     install_playground(app)
     install_openapi(app, settings)

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from app.entry import ModelEntry, fingerprint, resolve_device
+from app.device import resolve_device
+from app.entry import ModelEntry, fingerprint
 from app.errors import ModelNotFound, ModelNotReady, WrongTask
 from app.metrics import MODEL_READY
 from app.settings import Settings

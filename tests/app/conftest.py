@@ -119,6 +119,38 @@ def slowed_steps(generator: Any, seconds: float) -> Iterator[None]:
         yield
 
 
+def wait_ready(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120,
+               why: Callable[[], str] = lambda: "server did not start") -> None:
+    """Wait until the server `proc` at `url` answers /health/ready with 200."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, why()
+        time.sleep(0.1)
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below `root` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 @contextmanager
 def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`uvicorn app.main:app` as a child process with `env` added; yields (url, process) once
@@ -131,15 +163,7 @@ def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         yield url, proc
     finally:
         if proc.poll() is None:

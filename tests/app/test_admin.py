@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import ROOT, server_process
+from tests.app.conftest import ROOT, descendants, server_process
 
 ADMIN, INFERENCE = "adm-7f3c9e1a", "inf-52b8d0c4"
 
@@ -125,21 +125,6 @@ def test_a_missing_key_file_stops_the_server_with_one_clear_line(tmp_path: Path)
     assert "Traceback" not in result.stderr and "inf-never-shown" not in result.stderr
 
 
-def _children(pid: int) -> list[int]:
-    """Every process below `pid` (the fork server, its resource tracker and the generation
-    workers of a server)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found += [int(entry.name), *_children(int(entry.name))]
-    return found
-
-
 def _names(url: str) -> dict[str, str]:
     return {m["name"]: m["status"] for m in httpx.get(f"{url}/models").json()["models"]}
 
@@ -155,7 +140,7 @@ def test_sighup_reloads_a_default_server_and_its_generation_workers_live_on(
         assert httpx.post(f"{url}/admin/reload").status_code == 404
         assert "/admin/reload" not in httpx.get(f"{url}/openapi.json").json()["paths"]
         assert _names(url) == {"sentiment": "ready", "shakespeare": "ready"}
-        workers = _children(proc.pid)
+        workers = sorted(descendants(proc.pid))
         assert workers, "the generation worker process"
         for pid in workers:  # as a hangup sent to the whole process group would reach them
             os.kill(pid, signal.SIGHUP)

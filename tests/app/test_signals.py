@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.app.conftest import wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "shakespeare"
 
@@ -59,15 +61,7 @@ def server(models: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen
                             start_new_session=True)  # its own process group, as under systemd
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         assert len(_group(proc.pid)) >= 2, "no worker process in the server's group"
         yield url, proc
     finally:

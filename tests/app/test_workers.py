@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.serve import main as serve_main
 from app.serve import prepare_metrics_dir
+from tests.app.conftest import descendants, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -49,24 +50,6 @@ def served(counts: Samples, route: str) -> float:
     return counts.get(("rnn_requests_total", (("route", route), ("status", "200"))), 0.0)
 
 
-def descendants(root: int) -> set[int]:
-    """Every live process below `root` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -91,15 +74,7 @@ def launched(models_dir: Path, metrics_dir: Path, log: Path
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-            time.sleep(0.2)
+        wait_ready(url, proc, 90, log.read_text)
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -136,7 +136,7 @@ def test_pods_match_the_image_the_app_and_compose() -> None:
     assert "RNN_MODELS_DIR=/srv/models" in DOCKERFILE and config["RNN_MODELS_DIR"] == "/srv/models"
     # Memory sized from the measured peak (363 MB PSS with the generation worker).
     resources = c["resources"]
-    assert quantity(resources["requests"]["memory"]) >= 1.2 * 363e6
+    assert quantity(resources["requests"]["memory"]) >= 1.2 * 508e6  # the measured peak (PSS)
     assert quantity(resources["limits"]["memory"]) >= 2 * quantity(resources["requests"]["memory"])
 
 

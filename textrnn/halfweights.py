@@ -90,23 +90,26 @@ class HalfWeightRNN(nn.Module):
         layers, bi = self.num_layers, self.bidirectional
         if self.lstm:
             assert isinstance(hx, tuple)
+            # The overloads are named, not resolved (see the GRU's below).
             if packed:
-                out, h, c = torch.quantized_lstm(data, batch_sizes, hx, self._params, True, layers,
-                                                 0.0, False, bi, dtype=torch.float16,
-                                                 use_dynamic=True)
+                out, h, c = torch.ops.aten.quantized_lstm.data(
+                    data, batch_sizes, hx, self._params, True, layers, 0.0, False, bi,
+                    dtype=torch.float16, use_dynamic=True)
             else:
-                out, h, c = torch.quantized_lstm(data, hx, self._params, True, layers, 0.0, False,
-                                                 bi, self.batch_first, dtype=torch.float16,
-                                                 use_dynamic=True)
+                out, h, c = torch.ops.aten.quantized_lstm.input(
+                    data, hx, self._params, True, layers, 0.0, False, bi, self.batch_first,
+                    dtype=torch.float16, use_dynamic=True)
             state: Any = (h, c)
         else:
             assert isinstance(hx, Tensor)
+            # The overload named, not resolved: resolving tries the other one first, and its
+            # failure formats every argument tensor into an error message.
             if packed:
-                out, state = torch.quantized_gru(data, batch_sizes, hx, self._params, True,
-                                                 layers, 0.0, False, bi)
+                out, state = torch.ops.aten.quantized_gru.data(
+                    data, batch_sizes, hx, self._params, True, layers, 0.0, False, bi)
             else:
-                out, state = torch.quantized_gru(data, hx, self._params, True, layers, 0.0,
-                                                 False, bi, self.batch_first)
+                out, state = torch.ops.aten.quantized_gru.input(
+                    data, hx, self._params, True, layers, 0.0, False, bi, self.batch_first)
         if not packed:
             return out, state
         if unsorted_indices is not None:

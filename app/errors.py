@@ -170,9 +170,13 @@ async def send_json(send: Send, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: ServiceError) -> None:
-    """The answer to a domain error, as `send_json` writes it."""
-    await send_json(send, *error_body(exc))
+async def send_error(send: Send, exc: ServiceError, path: str = "") -> None:
+    """The answer to a domain error, as `send_json` writes it; in OpenAI's shape on `/v1`."""
+    status, body, headers = error_body(exc)
+    if path.startswith("/v1/"):
+        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
+        body = json.dumps(openai_error(status, printable(str(exc))), separators=(",", ":")).encode()
+    await send_json(send, status, body, headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:

@@ -74,7 +74,7 @@ class RequestGuard:
             shown = "none" if content_type is None else repr(content_type.decode("latin-1")[:80])
             await send_error(send, UnsupportedMediaType(
                 f"the request body must be JSON, sent with the header 'Content-Type: "
-                f"application/json' (Content-Type was {shown})"))
+                f"application/json' (Content-Type was {shown})"), scope["path"])
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s

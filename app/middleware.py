@@ -136,7 +136,7 @@ class ServiceMiddleware:
             elif self.settings.api_keys:
                 _check_key(headers, self.settings.api_keys)
         except ServiceError as e:
-            await send_error(send, e)
+            await send_error(send, e, scope["path"])
             return False
         return True
 

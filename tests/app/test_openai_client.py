@@ -4,12 +4,17 @@ server."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
 from langchain_openai import ChatOpenAI, OpenAI
-from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai import AsyncOpenAI, AuthenticationError, BadRequestError, NotFoundError
 from openai import OpenAI as OpenAIClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import running_server
 
 
 def _client(url: str) -> OpenAIClient:
@@ -129,3 +134,15 @@ def test_langchain_openai_with_its_defaults(clients_url: str) -> None:
     answer = chat.invoke("Good morrow.").content
     assert isinstance(answer, str) and "\n\n" not in answer
     assert "".join(str(c.content) for c in chat.stream("Good morrow.")) == answer
+
+
+def test_a_wrong_key_raises_the_sdks_authentication_error(chat_models: Path) -> None:
+    app = create_app(Settings(models_dir=chat_models, api_keys=["right-key"]))
+    with running_server(app) as url:
+        wrong = OpenAIClient(base_url=f"{url}/v1", api_key="wrong-key", max_retries=0)
+        with pytest.raises(AuthenticationError) as caught:
+            wrong.models.list()
+        assert caught.value.status_code == 401
+        assert "API key" in caught.value.message and "right-key" not in caught.value.message
+        right = OpenAIClient(base_url=f"{url}/v1", api_key="right-key", max_retries=0)
+        assert [m.id for m in right.models.list()] == ["shakespeare"]

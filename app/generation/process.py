@@ -48,6 +48,7 @@ class ProcessTransport:
         self._on_turn: Callable[[Turn], None] = lambda turn: None
         self._on_lost: Callable[[str], None] = lambda why: None
         self._ready: asyncio.Future[None] | None = None
+        self._reaping: asyncio.Task[None] | None = None  # a dead worker's, kept till it ends
 
     async def start(self, on_turn: Callable[[Turn], None], on_lost: Callable[[str], None],
                     wrap_step: StepWrapper | None = None) -> None:
@@ -122,11 +123,12 @@ class ProcessTransport:
                     self._ready.set_exception(RuntimeError(message[1]))
         if not chunk:
             self._close()
+            dead, self._process = self._process, None  # a replacement may start meanwhile
+            self._reaping = asyncio.get_running_loop().create_task(_reap(dead, 5.0))
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(RuntimeError("the generation worker exited at start"))
             else:
                 self._on_lost(f"worker {self.pid} exited")
-            asyncio.get_running_loop().create_task(self._reap(5.0))
 
     async def stop(self) -> None:
         """Tell the worker to stop after its current turn, and wait for it (off the loop)."""
@@ -134,7 +136,8 @@ class ProcessTransport:
             return
         self.send(None)
         self._close()
-        await self._reap(10.0)
+        process, self._process = self._process, None
+        await _reap(process, 10.0)
 
     def _close(self) -> None:
         loop = self._loop
@@ -148,15 +151,15 @@ class ProcessTransport:
         self._up = self._down = None
         self._writing = False
 
-    async def _reap(self, wait_s: float) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        await asyncio.to_thread(process.join, wait_s)
-        if process.exitcode is None:  # stuck: it had its chance
-            log.warning("generation worker %d did not stop in %g s; killing it", process.pid, wait_s)
-            process.kill()
-            await asyncio.to_thread(process.join, 5)
+async def _reap(process: Any, wait_s: float) -> None:
+    """Wait (off the event loop) up to `wait_s` for a worker to exit, then kill it."""
+    if process is None:
+        return
+    await asyncio.to_thread(process.join, wait_s)
+    if process.exitcode is None:  # stuck: it had its chance
+        log.warning("generation worker %d did not stop in %g s; killing it", process.pid, wait_s)
+        process.kill()
+        await asyncio.to_thread(process.join, 5)
 
 
 def _start_fork_server() -> None:

@@ -70,6 +70,11 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         for choice in prompt["anyOf"]:  # an empty prompt has nothing to continue
             (choice.get("items") or choice)["minLength"] = 1
         schemas["TokenizeRequest"]["properties"]["inputs"]["maxLength"] = settings.max_input_chars
+        for name, field in (("CompletionRequest", "max_tokens"), ("ChatRequest", "max_tokens"),
+                            ("ChatRequest", "max_completion_tokens")):
+            for choice in schemas[name]["properties"][field].get("anyOf", []):
+                if choice.get("type") == "integer":  # the route refuses more (RNN_MAX_NEW_TOKENS)
+                    choice["maximum"] = settings.max_new_tokens
         params = schemas["GenerateParameters"]["properties"]
         params["max_new_tokens"]["maximum"] = settings.max_new_tokens
         # As the route does: the model's default, capped at the configured limit.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from app.generation.engine import Engine
+from app.generation.engine import Engine, token_texts
 from app.generation.process import ProcessTransport
 from app.generation.service import Generation, Generator, StepWrapper, TokenEvent, Transport
 from app.generation.thread import ThreadTransport
@@ -50,10 +50,8 @@ def make_generator(artifact: Artifact, folder: Path, device: torch.device,
             engine = Engine.from_artifact(artifact, settings.max_active_sequences,
                                           settings.prefill_chunk)
             if wrap_step is not None:  # this engine's steps only, not the shared net's
-                step = wrap_step(engine.net.step)
-                engine.step = step
+                engine.step = wrap_step(engine.step)
             return engine
         transport = ThreadTransport(artifact.name, make_engine)
-    texts = Engine.from_artifact(artifact, 1, 1).texts
-    return Generator(artifact.name, transport, texts, settings.max_queue,
+    return Generator(artifact.name, transport, token_texts(artifact), settings.max_queue,
                      settings.request_timeout_s)

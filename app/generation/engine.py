@@ -29,7 +29,7 @@ from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
 from textrnn.sampling import RowParams, choose_tokens, top_alternatives, uniform_table
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "token_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,8 @@ class Engine:
     def from_artifact(cls, artifact: Artifact, max_active: int, prefill_chunk: int) -> Engine:
         """The engine of a loaded language model folder."""
         assert isinstance(artifact.net, CharLM)
-        vocab = artifact.tokenizer.get_vocab()
-        texts = [""] * artifact.net_config.vocab_size
-        for token, i in vocab.items():
-            texts[i] = token
-        return cls(artifact.net, texts, vocab.get("<unk>", 0), max_active, prefill_chunk)
+        unk = artifact.tokenizer.get_vocab().get("<unk>", 0)
+        return cls(artifact.net, token_texts(artifact), unk, max_active, prefill_chunk)
 
     @property
     def idle(self) -> bool:
@@ -293,3 +290,11 @@ class Engine:
             if any(seq.tail.endswith(s) for s in stop):
                 return "stop_sequence"
         return "length" if seq.generated >= seq.spec.max_new_tokens else None
+
+
+def token_texts(artifact: Artifact) -> list[str]:
+    """Each token id's text, by id, from a model folder's tokenizer."""
+    texts = [""] * artifact.net_config.vocab_size
+    for token, i in artifact.tokenizer.get_vocab().items():
+        texts[i] = token
+    return texts

@@ -62,7 +62,7 @@ class ProcessTransport:
         _start_fork_server()
         process = context.Process(target=run_worker, name=f"generate-{self.name}",
                                   args=(self.setup, wrap_step, down_child, up_child))
-        await asyncio.to_thread(process.start)  # the first start also starts the fork server
+        await asyncio.to_thread(process.start)  # waits for the fork server to take the job
         down_child.close()
         up_child.close()
         down.setblocking(False)

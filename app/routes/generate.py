@@ -46,10 +46,6 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-st
                      "description": "With `stream: true`: one `data:` event per token."}}
 
 
-_next = next_event
-_pause = pause
-
-
 def _checked(params: GenerateParameters, settings: Settings) -> Sampling:
     """The request's sampling, within the limits."""
     if "max_new_tokens" not in params.model_fields_set:  # the default never exceeds the limit
@@ -186,10 +182,10 @@ async def _stream(job: Generation, first: TokenEvent, flush_s: float, prefix: st
             if isinstance(event, BaseException):  # after the tokens that came before it
                 raise event
             if flush_s:
-                await _pause(job, flush_s)
+                await pause(job, flush_s)
                 event = _ready(job)
             if event is None:
-                event = await _next(job)
+                event = await next_event(job)
     except Exception as exc:  # tell the client in-band, as TGI does; leak nothing internal
         if isinstance(exc, ServiceError):
             error = {"error": str(exc), "error_type": error_type(exc)}

@@ -4,16 +4,65 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import pickle
 import shutil
 import tempfile
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from app.settings import load_settings
 
-__all__ = ["main", "prepare_metrics_dir"]
+__all__ = ["Supervisor", "answers", "main", "prepare_metrics_dir"]
+
+log = logging.getLogger("uvicorn.error")
+
+
+def answers(process: Process, timeout: float) -> bool:
+    """Whether a server process answers uvicorn's health check within `timeout` seconds.
+    A process that exits meanwhile is reported at once, not when the timeout runs out."""
+    if not process.process.is_alive():
+        return False
+    try:
+        process.parent_conn.send(b"ping")
+        if process.parent_conn not in wait([process.parent_conn, process.process.sentinel],
+                                           timeout):
+            return False
+        process.parent_conn.recv()
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return False
+    return True
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's `--workers` supervisor, with a health check that sees a process die while
+    it is being asked. uvicorn's waits out the whole `timeout_worker_healthcheck` on it (the
+    `--worker-start-timeout`, long enough for a replacement to load the models), and the
+    supervisor answers no signal meanwhile: a SIGTERM then took a minute to act on."""
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if answers(process, self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung, or already gone
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                # The app cannot start (a bad setting, the port): every replacement would fail.
+                log.error("Child process [%s] failed to start, stopping the parent process.",
+                          process.pid)
+                self.should_exit.set()
+                return
+            log.info("Child process [%s] died", process.pid)
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
 
 
 def prepare_metrics_dir(path: Path) -> None:
@@ -50,10 +99,17 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
         prepare_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     try:
-        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
-                    timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-                    timeout_worker_healthcheck=args.worker_start_timeout,
-                    log_level=args.log_level)
+        if args.workers == 1:
+            uvicorn.run("app.main:app", host=args.host, port=args.port,
+                        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+                        log_level=args.log_level)
+        else:
+            config = uvicorn.Config("app.main:app", host=args.host, port=args.port,
+                                    workers=args.workers,
+                                    timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+                                    timeout_worker_healthcheck=args.worker_start_timeout,
+                                    log_level=args.log_level)
+            Supervisor(config, sockets=[config.bind_socket()]).run()
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -10,18 +11,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.serve import answers, prepare_metrics_dir
 from app.serve import main as serve_main
-from app.serve import prepare_metrics_dir
 from tests.app.conftest import descendants, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,11 +158,46 @@ def test_two_workers_serve_and_metrics_add_up(models_dir: Path, tmp_path: Path) 
 
         children |= descendants(proc.pid)  # the dead worker's replacement, if started
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, log.read_text()
     deadline = time.monotonic() + 15
     while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, [p for p in children if alive(p)]
         time.sleep(0.1)
+
+
+def _pinged_then_dies(conn: Connection) -> None:
+    conn.recv()
+    time.sleep(0.5)
+
+
+def _pinged_then_answers(conn: Connection) -> None:
+    conn.recv()
+    conn.send(True)
+    time.sleep(5)
+
+
+@pytest.mark.parametrize(("target", "expected"), [(_pinged_then_dies, False),
+                                                  (_pinged_then_answers, True)])
+def test_health_check_ends_when_the_process_does(target: Callable[[Connection], None],
+                                                 expected: bool) -> None:
+    """A server process that dies while the supervisor asks after it is reported at once:
+    the supervisor answers no signal while it waits, and its timeout is a minute."""
+    context = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = context.Pipe()
+    process = context.Process(target=target, args=(child_conn,))
+    process.start()
+    try:
+        started = time.monotonic()
+        worker = cast(Any, SimpleNamespace(process=process, parent_conn=parent_conn))
+        assert answers(worker, timeout=120) is expected
+        assert time.monotonic() - started < 60
+    finally:
+        process.kill()
+        process.join()
 
 
 def test_prepare_metrics_dir_clears_a_previous_runs_values(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections import Counter
@@ -68,8 +69,11 @@ async def classify_load(url: str, texts: list[str], concurrency: int, seconds: f
     return _summary(latencies, errors, elapsed, len(latencies), "texts")
 
 
-async def generate_load(url: str, concurrency: int, tokens: int, rounds: int) -> dict[str, Any]:
-    """`concurrency` clients each streaming `rounds` generations of `tokens` tokens."""
+async def generate_load(url: str, concurrency: int, tokens: int, rounds: int,
+                        stream: bool = True) -> dict[str, Any]:
+    """`concurrency` clients each running `rounds` generations of `tokens` tokens: streamed
+    (`/generate_stream`, with the time to first token), or whole answers (`/generate`, the
+    tokens counted in the text: the shipped model's tokens are one character each)."""
     latencies: list[float] = []
     first_token: list[float] = []
     errors: Counter[str] = Counter()
@@ -88,6 +92,16 @@ async def generate_load(url: str, concurrency: int, tokens: int, rounds: int) ->
             seen = 0
             status = 0
             try:
+                if not stream:
+                    status, answer = await conn.request("POST", "/generate", body)
+                    if status == 200:
+                        seen = len(json.loads(answer)["generated_text"])
+                    else:
+                        errors[str(status)] += 1
+                        continue
+                    produced += seen
+                    latencies.append(time.perf_counter() - t0)
+                    continue
                 async for part in conn.stream("/generate_stream", body):
                     if isinstance(part, int):
                         status = part

@@ -201,7 +201,8 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
         for c in args.generate_concurrency:
             r = _best_of(args.repeats, "tokens_per_s",
                          lambda c=c: _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
-                             generate_load(server.url, c, args.tokens, rounds(c)))),
+                             generate_load(server.url, c, args.tokens, rounds(c),
+                                           stream=not args.whole))),
                          lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
                                                     rounds=rounds(c), weights=args.weights))
             out["generate"][c] = r
@@ -247,6 +248,16 @@ def _busy(level: dict[str, Any]) -> str:
     return f"{profile['worker_on_cpu']:.0%} / {profile['loop_on_cpu']:.0%}" if profile else ""
 
 
+def _cpu(level: dict[str, Any], offline: float) -> str:
+    """The server's CPU time (every thread of it and its workers) per 1,000 texts or tokens,
+    and its ratio to the offline loop's (one thread, busy throughout: 1 / its rate)."""
+    profile = level.get("profile")
+    if not profile:
+        return " | "
+    used = profile["server_cpu_ms_per_1000"]
+    return f"{used:.0f} | {used / (1e6 / offline):.2f}x"
+
+
 def _paired(level: dict[str, Any]) -> str:
     return f"{level['paired_ratio']:.0%}" if "paired_ratio" in level else ""
 
@@ -254,22 +265,24 @@ def _paired(level: dict[str, Any]) -> str:
 def _table(result: dict[str, Any]) -> str:
     lim = result["offline"]
     rows = ["| run | concurrency | req/s | texts or tokens/s | offline, beside it | vs offline | "
-            "paired | p50 ms | p90 ms | p99 ms | TTFT p50 ms | worker / loop on CPU | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "paired | p50 ms | p90 ms | p99 ms | TTFT p50 ms | worker / loop on CPU | "
+            "CPU ms per 1,000 | CPU vs offline | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["servers"]:
         for c, r in run["classify"].items():
             base = r["offline_texts_per_s"]
             rows.append(f"| {run['mode']} classify | {c} | {r['requests_per_s']:.0f} | "
                         f"{r['texts_per_s']:.0f} | {base:.0f} | {r['texts_per_s'] / base:.0%} | "
                         f"{_paired(r)} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | | "
-                        f"{_busy(r)} | {r['errors'] or ''} |")
+                        f"{_busy(r)} | {_cpu(r, base)} | {r['errors'] or ''} |")
         for c, r in run["generate"].items():
             base = r["offline_tokens_per_s"]
-            rows.append(f"| {run['mode']} generate | {c} | {r['requests_per_s']:.1f} | "
+            mode = f"{run['mode']} generate" + (" (whole)" if result.get("settings", {}).get("whole") else "")
+            rows.append(f"| {mode} | {c} | {r['requests_per_s']:.1f} | "
                         f"{r['tokens_per_s']:.0f} | {base:.0f} | {r['tokens_per_s'] / base:.0%} | "
                         f"{_paired(r)} | {r['p50_ms']:.0f} | "
                         f"{r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['ttft_p50_ms']:.1f} | "
-                        f"{_busy(r)} | {r['errors'] or ''} |")
+                        f"{_busy(r)} | {_cpu(r, base)} | {r['errors'] or ''} |")
     rows.append("")
     rows.append(f"offline limit at the end of the run: classify {lim['classify_texts_per_s']:.0f} "
                 f"texts/s at batch {lim['classify_batch']}; generate " + ", ".join(
@@ -301,6 +314,8 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=20_000)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2, help="generations per stream client")
+    p.add_argument("--whole", action="store_true",
+                   help="generate whole answers (POST /generate) instead of streams")
     p.add_argument("--min-generations", type=int, default=16,
                    help="generations per level at least (more rounds at low concurrency)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")

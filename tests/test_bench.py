@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from bench.openloop import Outcome, _best, make_schedule, summarise
-from bench.run import _best_of, _latency_summary, _profiled, _table
+from bench.run import _best_of, _cpu, _latency_summary, _profiled, _table
 from bench.static_server import StaticBatcher, StaticJob, TokenOut
 from bench.static_server import create_app as static_app
 from textrnn.artifact import Artifact, load_artifact
@@ -76,6 +76,12 @@ def test_the_paired_ratio_divides_each_run_by_the_limit_measured_after_it() -> N
     level = _best_of(3, "texts_per_s", lambda: {"texts_per_s": next(rates)}, lambda: next(limits))
     assert level["texts_per_s"] == 900.0 and level["offline_texts_per_s"] == 1000.0  # best of each
     assert level["paired_ratio"] == 0.9  # the median of 0.5, 0.9 and 1.0
+
+
+def test_the_cpu_ratio_compares_with_one_busy_thread_at_the_offline_rate() -> None:
+    level = {"profile": {"server_cpu_ms_per_1000": 150.0}}
+    assert _cpu(level, 10_000.0) == "150 | 1.50x"  # offline: 100 ms per 1,000 tokens
+    assert _cpu({}, 10_000.0) == " | "
 
 
 def test_the_latency_turns_compare_each_turn_with_its_own_baseline() -> None:

@@ -41,10 +41,13 @@ def make_generator(artifact: Artifact, folder: Path, device: torch.device,
                    settings: Settings) -> Generator:
     """The generator of a loaded language model, with the transport the settings ask for."""
     transport: Transport
+    # A stream is written at most every RNN_STREAM_FLUSH_MS: tokens in the middle of a
+    # generation may wait that long to leave the engine, in one message with later ones.
+    hold_s = settings.stream_flush_ms / 2000
     if transport_kind(settings.generation_worker, device) == "process":
         transport = ProcessTransport(artifact.name, WorkerSetup(
             folder, str(device), settings.weights, artifact.config.get("weights_sha256"),
-            settings.max_active_sequences, settings.prefill_chunk))
+            settings.max_active_sequences, settings.prefill_chunk, hold_s))
     else:
         def make_engine(wrap_step: StepWrapper | None) -> Engine:
             engine = Engine.from_artifact(artifact, settings.max_active_sequences,
@@ -52,6 +55,6 @@ def make_generator(artifact: Artifact, folder: Path, device: torch.device,
             if wrap_step is not None:  # this engine's steps only, not the shared net's
                 engine.step = wrap_step(engine.step)
             return engine
-        transport = ThreadTransport(artifact.name, make_engine)
+        transport = ThreadTransport(artifact.name, make_engine, hold_s)
     return Generator(artifact.name, transport, token_texts(artifact), settings.max_queue,
                      settings.request_timeout_s)

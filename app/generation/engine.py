@@ -218,13 +218,14 @@ class Engine:
             batch.state = concat_states([batch.state, state])
             batch.last, batch.seen = torch.cat([batch.last, last]), torch.cat([batch.seen, seen])
             batch.params = RowParams.cat([batch.params, params])
+        turn.firsts += len(seqs)
         self._sample(logits, range(start, start + len(seqs)), turn)
 
     def _step(self, turn: Turn) -> None:
         batch = self._running
         assert batch.last is not None
         logits, batch.state = self.step(batch.last, batch.state)  # B V
-        turn.rows = len(batch.seqs)
+        turn.steps.append(len(batch.seqs))
         self._sample(logits, range(len(batch.seqs)), turn)
 
     def _sample(self, logits: Tensor, rows: range, turn: Turn) -> None:

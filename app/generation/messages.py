@@ -4,6 +4,7 @@ and turns (plain, picklable values), and `drive`, the loop a transport runs the 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -48,8 +49,9 @@ class Failure:
 
 @dataclass
 class Turn:
-    """What one turn produced, in columns: a token per entry of `requests`, `tokens` and
-    `logprobs` (in each request's order), and the reason for each request that ended."""
+    """What one turn (or several, merged) produced, in columns: a token per entry of
+    `requests`, `tokens` and `logprobs` (in each request's order), and the reason for each
+    request that ended."""
 
     requests: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -60,9 +62,30 @@ class Turn:
     alternatives: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     admitted: list[tuple[int, float]] = field(default_factory=list)  # (request, seconds queued)
-    rows: int = 0  # rows in this turn's step (0: no step)
+    firsts: int = 0  # requests whose first token is among the tokens
+    steps: list[int] = field(default_factory=list)  # the rows of each batched step
     active: int = 0  # sequences running or prefilling after the turn
     waiting: int = 0  # requests queued after the turn
+
+    @property
+    def urgent(self) -> bool:
+        """Whether a request starts, ends or fails in it: what the server must hear at once
+        (time to first token, a whole answer's end)."""
+        return bool(self.firsts or self.finished or self.failures or self.admitted)
+
+    def extend(self, later: Turn) -> None:
+        """Add a later turn's results after these."""
+        at = len(self.requests)
+        self.requests += later.requests
+        self.tokens += later.tokens
+        self.logprobs += later.logprobs
+        self.finished.update(later.finished)
+        self.alternatives.update({at + i: top for i, top in later.alternatives.items()})
+        self.failures += later.failures
+        self.admitted += later.admitted
+        self.firsts += later.firsts
+        self.steps += later.steps
+        self.active, self.waiting = later.active, later.waiting
 
 
 # What a transport hands the engine's loop: a request to add, the id of one to cancel.
@@ -70,10 +93,18 @@ Command = GenerationSpec | int
 
 
 def drive(engine: Engine, receive: Callable[[bool], list[Command] | None],
-          emit: Callable[[Turn], None]) -> None:
+          emit: Callable[[Turn], None], hold_s: float = 0.0,
+          clock: Callable[[], float] = time.monotonic) -> None:
     """Run the engine until `receive` returns None: take the commands waiting (blocking for
-    them only while the engine is idle), then run a turn and `emit` it if it did anything."""
+    them only while the engine is idle), then run a turn, and `emit` what it did.
+
+    Tokens in the middle of a generation are held up to `hold_s` and emitted with the later
+    turns' in one message: the server writes a stream at most that often anyway, and each
+    message wakes it. A turn in which a request starts, ends or fails is emitted at once with
+    everything held, and so is the last turn before the engine goes idle."""
     counts = (0, 0)  # (active, waiting) as last emitted
+    held: Turn | None = None
+    since = 0.0  # when the oldest turn held was made
     with torch.inference_mode():
         while True:
             commands = receive(engine.idle)
@@ -84,9 +115,17 @@ def drive(engine: Engine, receive: Callable[[bool], list[Command] | None],
                     engine.add(command)
                 else:
                     engine.cancel(command)
-            if not engine.idle:
-                turn = engine.turn()
-                if turn.requests or turn.failures or turn.admitted or (
-                        (turn.active, turn.waiting) != counts):
-                    counts = (turn.active, turn.waiting)
-                    emit(turn)
+            if engine.idle:
+                continue
+            turn = engine.turn()
+            if not (turn.requests or turn.failures or turn.admitted
+                    or (turn.active, turn.waiting) != counts):
+                continue
+            counts = (turn.active, turn.waiting)
+            if held is None:
+                held, since = turn, clock()
+            else:
+                held.extend(turn)
+            if turn.urgent or engine.idle or clock() - since >= hold_s:
+                emit(held)
+                held = None

@@ -193,9 +193,9 @@ class Generator:
             generation.generated += 1
             if reason is not None:
                 del requests[request]
-        if turn.rows:
-            self.steps_run += 1
-            BATCH_SIZE.labels(name).observe(turn.rows)
+        for rows in turn.steps:
+            BATCH_SIZE.labels(name).observe(rows)
+        self.steps_run += len(turn.steps)
         if turn.requests:
             GENERATED_TOKENS.labels(name).inc(len(turn.requests))
         self.active = turn.active

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 class ThreadTransport:
     """Runs `make_engine()`'s engine in a thread; turns come back on the event loop."""
 
-    def __init__(self, name: str, make_engine: Callable[[StepWrapper | None], Engine]) -> None:
-        self.name, self.make_engine = name, make_engine
+    def __init__(self, name: str, make_engine: Callable[[StepWrapper | None], Engine],
+                 hold_s: float = 0.0) -> None:
+        self.name, self.make_engine, self.hold_s = name, make_engine, hold_s
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -38,7 +39,7 @@ class ThreadTransport:
 
         def run() -> None:
             try:
-                drive(engine, lambda block: _take(inbox, block), emit)
+                drive(engine, lambda block: _take(inbox, block), emit, self.hold_s)
             except BaseException as exc:  # not a step's failure: the engine handles those
                 log.exception("generation thread of model %s failed", self.name)
                 if not loop.is_closed():

@@ -36,6 +36,7 @@ class WorkerSetup:
     sha256: str | None  # the weights the server loaded; the worker refuses others
     max_active: int
     prefill_chunk: int
+    hold_s: float = 0.0  # how long tokens mid-generation may wait to be sent with later ones
 
 
 def frames(buffer: bytearray) -> list[Any]:
@@ -94,4 +95,4 @@ def run_worker(setup: WorkerSetup, wrap_step: StepWrapper | None, down: socket.s
                 return commands
 
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server is gone
-        drive(engine, receive, send)
+        drive(engine, receive, send, setup.hold_s)

@@ -71,7 +71,8 @@ def test_a_request_alone_and_among_others_gives_the_same_text(artifact: Artifact
     together, reasons, turns = _run(engine)
     assert together == alone
     assert set(reasons.values()) == {"length"}
-    assert max(t.rows for t in turns) == 3 and len({len(t) for t in together.values()}) == 5
+    assert max(max(t.steps, default=0) for t in turns) == 3
+    assert len({len(t) for t in together.values()}) == 5
 
 
 def test_the_seed_decides_the_text(artifact: Artifact) -> None:
@@ -143,7 +144,8 @@ def test_a_long_prompt_is_read_in_chunks_between_the_running_batchs_steps(
     # Each of the 10 turns steps request 0 once while request 1's prompt is read, 100 at a time;
     # in the last, request 1 samples its first token and takes part in the step.
     assert all(t.requests.count(0) == 1 for t in turns)
-    assert [t.rows for t in turns] == [1] * 9 + [2]
+    assert [t.steps for t in turns] == [[1]] * 9 + [[2]]
+    assert [t.firsts for t in turns] == [0] * 9 + [1]  # request 1's first token: urgent
     assert [t.requests.count(1) for t in turns] == [0] * 9 + [2]
     texts, _, _ = _run(engine)
     last = turns[-1]
@@ -185,3 +187,28 @@ def test_drive_takes_commands_runs_turns_and_stops(artifact: Artifact) -> None:
     assert sum(t.requests.count(0) for t in turns) == 5
     assert turns[-1].active == 0  # request 1 cancelled on the second command
     assert blocked[0] and blocked[-1]  # waits for work only while idle
+
+
+def test_drive_holds_tokens_mid_generation_and_sends_starts_and_ends_at_once(
+        artifact: Artifact) -> None:
+    def run(hold_s: float) -> list[Turn]:
+        engine = _engine(artifact)
+        inbox: list[list[Any]] = [[_spec(artifact, 0, n=5), _spec(artifact, 1, n=30)]]
+        turns: list[Turn] = []
+        drive(engine, lambda block: inbox.pop(0) if inbox else None if block else [],
+              turns.append, hold_s)
+        return turns
+
+    each, held = run(0.0), run(3600.0)
+    assert len(each) == 29  # a message per turn (the first turn gives each request two tokens)
+    # Held: the first turn (both requests start), request 0's end, request 1's end.
+    assert [sorted(t.finished.items()) for t in held] == [[], [(0, "length")],
+                                                          [(1, "length")]]
+    assert [t.firsts for t in held] == [2, 0, 0]
+    assert [len(t.steps) for t in held] == [1, 3, 25]
+    for request in (0, 1):  # the same tokens, in the same order, whichever way they went
+        assert [(tok, lp) for t in held for r, tok, lp in zip(t.requests, t.tokens, t.logprobs,
+                                                             strict=True) if r == request] \
+            == [(tok, lp) for t in each for r, tok, lp in zip(t.requests, t.tokens, t.logprobs,
+                                                             strict=True) if r == request]
+    assert held[-1].active == 0

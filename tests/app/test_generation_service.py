@@ -46,7 +46,7 @@ def test_a_turn_reaches_each_request_and_its_last_token_carries_the_reason() -> 
         # request one: its prompt's last chunk and a step in the same turn, then a stop
         generator._on_turn(Turn(requests=[0, 1, 0], tokens=[2, 1, 2], logprobs=[-1, -2, -3],
                                 finished={0: "stop_sequence"}, admitted=[(0, 0.1), (1, 0.2)],
-                                rows=2, active=1))
+                                steps=[2], active=1))
         assert _drain(one.events) == [TokenEvent(0, 2, "\n", -1), TokenEvent(1, 2, "\n", -3,
                                                                             "stop_sequence")]
         assert _drain(two.events) == [TokenEvent(0, 1, "b", -2)] and two.admitted

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from app.schemas import AS_JSON_INT, STOP_MAX_CHARS
 
@@ -38,9 +38,9 @@ class _Sampling(_Strict):
                        description="A generation model's name, or `tgi` for the default one.")
     max_tokens: Annotated[int, Field(ge=1), AS_JSON_INT] | None = Field(
         None, description="Tokens to generate at most.")
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False,
+    temperature: StrictFloat | None = Field(None, ge=0, le=2, allow_inf_nan=False,
                                       description="0 is greedy; default 1.")
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    top_p: StrictFloat | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     n: Annotated[int, Field(ge=1, le=MAX_N), AS_JSON_INT] = Field(
         1, description="Choices per prompt (seeds seed, seed+1, ...).")
     stop: StopText | list[StopText] | None = Field(None, max_length=16, description="Up to 16 "
@@ -49,8 +49,8 @@ class _Sampling(_Strict):
     seed: Annotated[int, Field(ge=0, le=2**53), AS_JSON_INT] | None = Field(None)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = Field(None, max_length=0,
                                                 description="Not supported: null or {} only.")
     user: str | None = Field(None, max_length=256, description="Accepted; not used.")

@@ -82,6 +82,22 @@ def test_generation_parameters_are_not_coerced(hostile: TestClient, field: str,
     assert any(e["loc"] == ["body", "parameters", field] for e in r.json()["detail"])
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty",
+                                   "frequency_penalty"])
+@pytest.mark.parametrize("value", [True, "0.5"])
+def test_openai_sampling_numbers_are_not_coerced(hostile: TestClient, path: str, field: str,
+                                                 value: Any) -> None:
+    body: dict[str, Any] = {"model": "shakespeare", field: value, "max_tokens": 2}
+    body |= ({"prompt": "RO"} if path == "/v1/completions"
+             else {"messages": [{"role": "user", "content": "RO"}]})
+    r = hostile.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+    body[field] = 1  # a JSON integer is a number
+    assert hostile.post(path, json=body).status_code == 200
+
+
 @pytest.mark.parametrize("body", [
     {"inputs": "ROMEO:", "stream": 0}, {"inputs": "ROMEO:", "stream": "false"},
 ])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, WithJsonSchema
 
 from app.schemas import AS_JSON_INT, STOP_MAX_CHARS
 
@@ -23,6 +23,15 @@ class _Strict(BaseModel):
 
 
 StopText = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS)]
+MAX_STOPS = 16
+_STOP_TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": STOP_MAX_CHARS}
+# OpenAI's `stop` is a string or a list of them; one string is read as a list of one, so that
+# an error names `stop` or `stop.N` and its limit, not a branch of a union.
+Stops = Annotated[
+    list[StopText], Field(max_length=MAX_STOPS),
+    BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
+    WithJsonSchema({"anyOf": [_STOP_TEXT_SCHEMA, {"type": "array", "items": _STOP_TEXT_SCHEMA,
+                                                  "maxItems": MAX_STOPS}]})]
 
 
 class StreamOptions(_Strict):
@@ -43,9 +52,8 @@ class _Sampling(_Strict):
     top_p: StrictFloat | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     n: Annotated[int, Field(ge=1, le=MAX_N), AS_JSON_INT] = Field(
         1, description="Choices per prompt (seeds seed, seed+1, ...).")
-    stop: StopText | list[StopText] | None = Field(None, max_length=16, description="Up to 16 "
-                                                   "stop sequences; the text ends before the "
-                                                   "one that hit.")
+    stop: Stops | None = Field(None, description="Up to 16 stop sequences; the text ends "
+                                                 "before the one that hit.")
     seed: Annotated[int, Field(ge=0, le=2**53), AS_JSON_INT] | None = Field(None)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -57,7 +65,7 @@ class _Sampling(_Strict):
 
     def stops(self) -> list[str]:
         """The stop sequences as a list."""
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return list(self.stop or [])
 
 
 class CompletionRequest(_Sampling):

@@ -80,7 +80,9 @@ class Settings(BaseSettings):
         20.0, ge=0, le=1000,
         description="Least time between two writes to one token stream after its first token: "
                     "the tokens generated meanwhile go out in one write, each still its own "
-                    "event. 0 writes every token as it is generated.")
+                    "event. Tokens in the middle of a generation leave the generation engine "
+                    "at most this often too; first and last tokens at once. 0 sends and "
+                    "writes every token as it is generated.")
     gil_switch_ms: float = Field(
         0.05, gt=0, le=100,
         description="Python's thread switch interval (ms): how soon an inference thread gets "

@@ -98,6 +98,25 @@ def test_openai_sampling_numbers_are_not_coerced(hostile: TestClient, path: str,
     assert hostile.post(path, json=body).status_code == 200
 
 
+@pytest.mark.parametrize(("stop", "param", "says"), [
+    (["a"] * 17, "stop", "at most 16 items"), ("b" * 65, "stop.0", "at most 64 characters"),
+    (["c", ""], "stop.1", "at least 1 character"), (5, "stop", "valid list"),
+])
+def test_openai_stop_limits_name_the_field(hostile: TestClient, stop: Any, param: str,
+                                           says: str) -> None:
+    r = hostile.post("/v1/completions", json={"model": "shakespeare", "prompt": "RO",
+                                              "max_tokens": 2, "stop": stop})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and says in r.json()["error"]["message"]
+
+
+def test_openai_stop_takes_one_long_string_or_sixteen(hostile: TestClient) -> None:
+    for stop in ("z" * 64, ["z"] * 16):
+        r = hostile.post("/v1/completions", json={"model": "shakespeare", "prompt": "RO",
+                                                  "max_tokens": 2, "stop": stop})
+        assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("body", [
     {"inputs": "ROMEO:", "stream": 0}, {"inputs": "ROMEO:", "stream": "false"},
 ])

@@ -175,7 +175,7 @@ def _best_of(repeats: int, key: str, load: Callable[[], dict[str, Any]],
 
 def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
                 texts: list[str]) -> dict[str, Any]:
-    server = Server(env)
+    server = Server(env, cwd=args.app_dir)
     out: dict[str, Any] = {"mode": name, "env": env, "startup_s": server.startup_s,
                            "idle_rss_mb": server.idle_rss_mb, "idle_pss_mb": server.idle_pss_mb,
                            "classify": {}, "generate": {}}
@@ -216,10 +216,10 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
 
 
 def _alternating_latency(envs: dict[str, dict[str, str]], texts: list[str], turns: int,
-                         seconds: float) -> dict[str, Any]:
+                         seconds: float, app_dir: Path = ROOT) -> dict[str, Any]:
     """Classify latency at concurrency 1 of several servers, all started and measured in
     turns (A, B, A, B, ...), so that the machine's drift falls on each alike."""
-    servers = {name: Server(env) for name, env in envs.items()}
+    servers = {name: Server(env, cwd=app_dir) for name, env in envs.items()}
     p50s: dict[str, list[float]] = {name: [] for name in servers}
     try:
         for _ in range(turns):
@@ -326,6 +326,9 @@ def main() -> None:
     p.add_argument("--generation-worker", choices=("auto", "thread", "process"), default="auto",
                    help="the servers' RNN_GENERATION_WORKER")
     p.add_argument("--texts", type=Path, default=SST2_DEV, help="label<TAB>text file (SST-2 dev)")
+    p.add_argument("--app-dir", type=Path, default=ROOT,
+                   help="serve from this checkout (compare versions with one load generator); "
+                        "the models are this checkout's")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -340,7 +343,7 @@ def main() -> None:
     latency = None
     if len(runs) > 1 and 1 in args.classify_concurrency:
         print("  concurrency 1 latency, servers in turns...", file=sys.stderr)
-        latency = _alternating_latency(dict(runs), texts, 2 * args.repeats, 2.0)
+        latency = _alternating_latency(dict(runs), texts, 2 * args.repeats, 2.0, args.app_dir)
     print("  offline limits...", file=sys.stderr)
     sentiment, lm, device = ROOT / "models" / "sentiment", ROOT / "models" / "shakespeare", args.device
     best = max((classify_limit(sentiment, texts, b, device=device, weights=args.weights), b)
@@ -362,7 +365,8 @@ def main() -> None:
                           "device": args.device if args.device == "cpu"
                           else torch.cuda.get_device_name(torch.device(args.device)),
                           "python": platform.python_version()},
-              "settings": vars(args) | {"out": str(args.out), "texts": str(args.texts)}, "offline": offline,
+              "settings": vars(args) | {"out": str(args.out), "texts": str(args.texts),
+                                         "app_dir": str(args.app_dir)}, "offline": offline,
               "servers": servers, "latency_c1": latency}
     table = _table(result)
     print(table)

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pickle
 import shutil
+import signal
+import socket
 import tempfile
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -23,33 +27,57 @@ __all__ = ["Supervisor", "answers", "main", "prepare_metrics_dir"]
 log = logging.getLogger("uvicorn.error")
 
 
-def answers(process: Process, timeout: float) -> bool:
-    """Whether a server process answers uvicorn's health check within `timeout` seconds.
-    A process that exits meanwhile is reported at once, not when the timeout runs out."""
+def answers(process: Process, timeout: float, interrupt: socket.socket | None = None
+            ) -> bool | None:
+    """Whether a server process answers uvicorn's health check within `timeout` seconds:
+    True, or False when it does not or exits meanwhile (at once, not when the timeout runs
+    out). None when `interrupt` becomes readable first (a signal for the supervisor)."""
     if not process.process.is_alive():
         return False
+    conn, sentinel = process.parent_conn, process.process.sentinel
     try:
-        process.parent_conn.send(b"ping")
-        if process.parent_conn not in wait([process.parent_conn, process.process.sentinel],
-                                           timeout):
-            return False
-        process.parent_conn.recv()
+        while conn.poll(0):  # a late answer to an earlier check
+            conn.recv()
+        conn.send(b"ping")
+        waits: list[Any] = [conn, sentinel] + ([interrupt] if interrupt is not None else [])
+        ready = wait(waits, timeout)
+        if conn in ready:
+            conn.recv()
+            return True
+        if interrupt is not None and interrupt in ready and sentinel not in ready:
+            return None
     except (OSError, EOFError, pickle.UnpicklingError):
-        return False
-    return True
+        pass
+    return False
 
 
 class Supervisor(Multiprocess):
     """uvicorn's `--workers` supervisor, with a health check that sees a process die while
-    it is being asked. uvicorn's waits out the whole `timeout_worker_healthcheck` on it (the
-    `--worker-start-timeout`, long enough for a replacement to load the models), and the
-    supervisor answers no signal meanwhile: a SIGTERM then took a minute to act on."""
+    it is being asked, and that gives way to a signal. uvicorn's waits out the whole
+    `timeout_worker_healthcheck` on a dead process (the `--worker-start-timeout`, long enough
+    for a replacement to load the models), deaf to signals meanwhile: a SIGTERM then took a
+    minute to act on."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        # Python writes a byte here on every signal (its handlers run in the main loop).
+        self._signalled, wake = socket.socketpair()
+        self._signalled.setblocking(False)
+        wake.setblocking(False)
+        self._wake = wake
+        signal.set_wakeup_fd(wake.fileno())
 
     def keep_subprocess_alive(self) -> None:
         if self.should_exit.is_set():
             return
+        with contextlib.suppress(BlockingIOError):
+            while self._signalled.recv(512):
+                pass
         for idx, process in enumerate(self.processes):
-            if answers(process, self.config.timeout_worker_healthcheck):
+            alive = answers(process, self.config.timeout_worker_healthcheck, self._signalled)
+            if alive is None:
+                return  # the run loop handles the signal first
+            if alive:
                 continue
             process.kill()  # hung, or already gone
             process.join()

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         description="Least time between two writes to one token stream after its first token: "
                     "the tokens generated meanwhile go out in one write, each still its own "
                     "event. Tokens in the middle of a generation leave the generation engine "
-                    "at most this often too; first and last tokens at once. 0 sends and "
+                    "at most every half of it; first and last tokens at once. 0 sends and "
                     "writes every token as it is generated.")
     gil_switch_ms: float = Field(
         0.05, gt=0, le=100,

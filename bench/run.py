@@ -357,9 +357,12 @@ def main() -> None:
                                                                     weights=args.weights)
                                                      for _ in range(3))
                                          for c in args.generate_concurrency}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    def commit_of(folder: Path) -> str:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder,
+                              capture_output=True, text=True).stdout.strip()
+    commit = commit_of(args.app_dir)  # the server's; the load generator's is bench_commit
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit,
+              "bench_commit": commit_of(ROOT),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cores": os.cpu_count(), "torch": torch.__version__,
                           "device": args.device if args.device == "cpu"

@@ -42,7 +42,8 @@ def make_generator(artifact: Artifact, folder: Path, device: torch.device,
     """The generator of a loaded language model, with the transport the settings ask for."""
     transport: Transport
     # A stream is written at most every RNN_STREAM_FLUSH_MS: tokens in the middle of a
-    # generation may wait that long to leave the engine, in one message with later ones.
+    # generation may wait half that to leave the engine, in one message with later ones, so
+    # that a stream's writes stay within about one and a half intervals of each other.
     hold_s = settings.stream_flush_ms / 2000
     if transport_kind(settings.generation_worker, device) == "process":
         transport = ProcessTransport(artifact.name, WorkerSetup(

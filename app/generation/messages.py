@@ -118,14 +118,15 @@ def drive(engine: Engine, receive: Callable[[bool], list[Command] | None],
             if engine.idle:
                 continue
             turn = engine.turn()
-            if not (turn.requests or turn.failures or turn.admitted
+            urgent = False
+            if (turn.requests or turn.failures or turn.admitted
                     or (turn.active, turn.waiting) != counts):
-                continue
-            counts = (turn.active, turn.waiting)
-            if held is None:
-                held, since = turn, clock()
-            else:
-                held.extend(turn)
-            if turn.urgent or engine.idle or clock() - since >= hold_s:
+                counts, urgent = (turn.active, turn.waiting), turn.urgent
+                if held is None:
+                    held, since = turn, clock()
+                else:
+                    held.extend(turn)
+            # A turn with nothing in it (a long prompt being read) still lets the held go.
+            if held is not None and (urgent or engine.idle or clock() - since >= hold_s):
                 emit(held)
                 held = None

@@ -170,14 +170,9 @@ class Generator:
             QUEUE_WAIT.labels(name).observe(waited)
             if (generation := requests.get(request)) is not None:
                 generation.admitted = True
-        for failure in turn.failures:
-            generation = requests.pop(failure.request, None)
-            if generation is not None:
-                generation.put(DeadlineExceeded(failure.message) if failure.kind == "deadline"
-                               else GenerationFailed(failure.message))
         finished, alternatives = turn.finished, turn.alternatives
-        # A request may have two tokens in a turn (its prompt's last chunk, then the step):
-        # its finish reason belongs to the last of them.
+        # A request may have several tokens in a turn (its prompt's last chunk, then the step;
+        # turns merged by the engine's loop): its finish reason belongs to the last of them.
         ends = {turn.requests[i]: i for i in range(len(turn.requests))} if finished else {}
         for at, (request, token, logprob) in enumerate(zip(turn.requests, turn.tokens,
                                                            turn.logprobs, strict=True)):
@@ -193,6 +188,13 @@ class Generator:
             generation.generated += 1
             if reason is not None:
                 del requests[request]
+        # Failures after the tokens: a request's tokens from the turns before its failed
+        # step reach it (a stream sends them) before the error.
+        for failure in turn.failures:
+            generation = requests.pop(failure.request, None)
+            if generation is not None:
+                generation.put(DeadlineExceeded(failure.message) if failure.kind == "deadline"
+                               else GenerationFailed(failure.message))
         for rows in turn.steps:
             BATCH_SIZE.labels(name).observe(rows)
         self.steps_run += len(turn.steps)

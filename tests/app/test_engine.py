@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -212,3 +212,44 @@ def test_drive_holds_tokens_mid_generation_and_sends_starts_and_ends_at_once(
             == [(tok, lp) for t in each for r, tok, lp in zip(t.requests, t.tokens, t.logprobs,
                                                              strict=True) if r == request]
     assert held[-1].active == 0
+
+
+class _Scripted:
+    """An engine stand-in that plays back turns, one per call, then goes idle."""
+
+    def __init__(self, turns: list[Turn]) -> None:
+        self.turns = turns
+
+    @property
+    def idle(self) -> bool:
+        return not self.turns
+
+    def turn(self) -> Turn:
+        return self.turns.pop(0)
+
+    def add(self, spec: GenerationSpec) -> None:
+        raise AssertionError("no commands in this test")
+
+    cancel = add
+
+
+def test_drive_lets_held_tokens_go_when_their_time_is_up_even_on_an_empty_turn() -> None:
+    now = [0.0]
+    emitted: list[tuple[float, list[int]]] = []
+    turns = [Turn(requests=[0], tokens=[5], logprobs=[0.0], firsts=1, steps=[1], active=2),
+             Turn(requests=[0], tokens=[6], logprobs=[0.0], steps=[1], active=2),
+             Turn(active=2),  # nothing produced: a long prompt being read, say
+             Turn(active=2), Turn(active=2)]
+
+    def clock() -> float:
+        now[0] += 0.004
+        return now[0]
+
+    def emit(turn: Turn) -> None:
+        emitted.append((now[0], turn.tokens))
+
+    inbox: list[list[Any]] = [[]]
+    drive(cast(Engine, _Scripted(turns)), lambda block: inbox.pop(0) if inbox else None if block
+          else [], emit, hold_s=0.01, clock=clock)
+    assert [tokens for _, tokens in emitted] == [[5], [6]]  # first at once, then on time
+    assert emitted[1][0] - 0.004 < 0.02  # held 0.01 s or a tick more, not until idle

@@ -10,6 +10,7 @@ from typing import Any
 from app.errors import DeadlineExceeded
 from app.generation import Generator, TokenEvent
 from app.generation.messages import Command, Failure, Turn
+from app.generation.service import GenerationFailed
 
 
 class _Recorder:
@@ -34,6 +35,19 @@ def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
     while not queue.empty():
         out.append(queue.get_nowait())
     return out
+
+
+def test_a_failed_requests_held_tokens_arrive_before_its_error() -> None:
+    async def run() -> None:
+        generator = Generator("lm", _Recorder(), ["a", "b"], max_queue=8, timeout_s=60)
+        job = generator.submit([0], max_new_tokens=9, seed=1, stop=[])
+        generator._on_turn(Turn(requests=[0, 0, 0], tokens=[0, 1, 0], logprobs=[-1, -1, -1],
+                                failures=[Failure(0, "error", "step failed")], steps=[1, 1]))
+        events = _drain(job.events)
+        assert [e.text for e in events[:3]] == ["a", "b", "a"]
+        assert isinstance(events[3], GenerationFailed) and job.ended
+
+    asyncio.run(run())
 
 
 def test_a_turn_reaches_each_request_and_its_last_token_carries_the_reason() -> None:

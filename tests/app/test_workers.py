@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -198,6 +199,33 @@ def test_health_check_ends_when_the_process_does(target: Callable[[Connection], 
     finally:
         process.kill()
         process.join()
+
+
+def _pinged_then_silent(conn: Connection) -> None:
+    conn.recv()
+    time.sleep(30)
+
+
+def test_health_check_gives_way_to_a_signal() -> None:
+    """A signal for the supervisor (its wake-up socket readable) ends the wait on a silent
+    process without judging it."""
+    context = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = context.Pipe()
+    process = context.Process(target=_pinged_then_silent, args=(child_conn,))
+    process.start()
+    signalled, wake = socket.socketpair()
+    try:
+        worker = cast(Any, SimpleNamespace(process=process, parent_conn=parent_conn))
+        threading.Timer(0.5, wake.send, (b"\x0f",)).start()
+        started = time.monotonic()
+        assert answers(worker, timeout=120, interrupt=signalled) is None
+        assert time.monotonic() - started < 60
+        assert answers(worker, timeout=0.2) is False  # silent, and still alive
+    finally:
+        process.kill()
+        process.join()
+        signalled.close()
+        wake.close()
 
 
 def test_prepare_metrics_dir_clears_a_previous_runs_values(tmp_path: Path) -> None:

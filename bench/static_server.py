@@ -28,7 +28,6 @@ import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.generation.engine import token_texts
 from app.schemas import GenerateRequest
 from textrnn.artifact import Artifact, load_artifact
 from textrnn.inference import pad_batch
@@ -83,7 +82,7 @@ class StaticBatcher:
         self.max_batch, self.window_s, self.flush_s = max_batch, window_s, flush_s
         self.unk = artifact.tokenizer.get_vocab().get("<unk>", 0)
         self.vocab_size = artifact.net_config.vocab_size
-        self.texts = token_texts(artifact)  # as the service's engine reads them
+        self.texts = artifact.token_texts  # as the service's engine reads them
         self.batch_sizes: list[int] = []  # one entry per batch run
         self.steps_run = 0
         self.rows_stepped = 0  # rows over all steps, padding rows included

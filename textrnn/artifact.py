@@ -82,6 +82,14 @@ class Artifact:
         """Number of parameters of the net."""
         return count_parameters(self.net)
 
+    @property
+    def token_texts(self) -> list[str]:
+        """Each token id's text, by id (a language model's vocabulary)."""
+        texts = [""] * self.net_config.vocab_size
+        for token, i in self.tokenizer.get_vocab().items():
+            texts[i] = token
+        return texts
+
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""

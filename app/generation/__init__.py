@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from app.generation.engine import Engine, token_texts
+from app.generation.engine import Engine
 from app.generation.process import ProcessTransport
 from app.generation.service import Generation, Generator, StepWrapper, TokenEvent, Transport
 from app.generation.thread import ThreadTransport
@@ -57,5 +57,5 @@ def make_generator(artifact: Artifact, folder: Path, device: torch.device,
                 engine.step = wrap_step(engine.step)
             return engine
         transport = ThreadTransport(artifact.name, make_engine, hold_s)
-    return Generator(artifact.name, transport, token_texts(artifact), settings.max_queue,
+    return Generator(artifact.name, transport, artifact.token_texts, settings.max_queue,
                      settings.request_timeout_s)

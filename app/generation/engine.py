@@ -18,63 +18,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from app.generation.messages import Failure, GenerationSpec, Turn
+from app.generation.rows import Rows, Seq
 from textrnn.artifact import Artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
 from textrnn.sampling import RowParams, choose_tokens, top_alternatives, uniform_table
 
-__all__ = ["Engine", "token_texts"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
-
-
-class _Seq:
-    """A request being generated: its spec and how far it has come."""
-
-    __slots__ = ("generated", "read", "spec", "tail", "uniforms")
-
-    def __init__(self, spec: GenerationSpec) -> None:
-        self.spec = spec
-        self.read = 0  # prompt tokens prefilled so far
-        self.generated = 0
-        self.tail = ""  # the end of its text, as long as the longest stop sequence
-        self.uniforms: list[float] = []  # one random number per token, drawn at admission
-
-
-@dataclass
-class _Rows:
-    """A group of sequences with their recurrent state, one row each."""
-
-    seqs: list[_Seq] = field(default_factory=list)
-    state: State | None = None
-    last: Tensor | None = None  # B: each row's last token (the running batch's)
-    seen: Tensor | None = None  # B V: how often each row has seen each token (penalties')
-    params: RowParams | None = None
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only the given rows, in order."""
-        if len(rows) == len(self.seqs):
-            return
-        if not rows:
-            self.__init__()  # type: ignore[misc]
-            return
-        assert self.state is not None
-        index = torch.tensor(rows, dtype=torch.long, device=_device(self.state))
-        self.seqs = [self.seqs[i] for i in rows]
-        self.state = index_state(self.state, index)
-        if self.last is not None and self.seen is not None and self.params is not None:
-            self.last, self.seen = self.last.index_select(0, index), self.seen.index_select(0, index)
-            self.params = self.params.rows(index)
-
-
-def _device(state: State) -> torch.device:
-    return state[0].device if isinstance(state, tuple) else state.device
 
 
 class Engine:
@@ -88,15 +45,15 @@ class Engine:
         self.step = net.step  # a transport may wrap it (fault injection, slowed steps)
         self._queue: deque[GenerationSpec] = deque()
         self._cancelled: set[int] = set()
-        self._prefilling = _Rows()
-        self._running = _Rows()
+        self._prefilling = Rows()
+        self._running = Rows()
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, max_active: int, prefill_chunk: int) -> Engine:
         """The engine of a loaded language model folder."""
         assert isinstance(artifact.net, CharLM)
         unk = artifact.tokenizer.get_vocab().get("<unk>", 0)
-        return cls(artifact.net, token_texts(artifact), unk, max_active, prefill_chunk)
+        return cls(artifact.net, artifact.token_texts, unk, max_active, prefill_chunk)
 
     @property
     def idle(self) -> bool:
@@ -128,7 +85,7 @@ class Engine:
             log.exception("generation step failed")
             for seq in self._prefilling.seqs + self._running.seqs:
                 turn.failures.append(Failure(seq.spec.id, "error", f"{type(exc).__name__}: {exc}"))
-            self._prefilling, self._running = _Rows(), _Rows()
+            self._prefilling, self._running = Rows(), Rows()
         turn.active = len(self._prefilling.seqs) + len(self._running.seqs)
         turn.waiting = len(self._queue)
         return turn
@@ -144,7 +101,7 @@ class Engine:
 
     def _admit(self, turn: Turn) -> None:
         now = self.clock()
-        new: list[_Seq] = []
+        new: list[Seq] = []
         busy = len(self._prefilling.seqs) + len(self._running.seqs)
         while self._queue and busy + len(new) < self.max_active:
             spec = self._queue.popleft()
@@ -153,7 +110,7 @@ class Engine:
                                              f"{now - spec.enqueued:.1f} s, past its deadline"))
                 continue
             turn.admitted.append((spec.id, now - spec.enqueued))
-            new.append(_Seq(spec))
+            new.append(Seq(spec))
         if not new:
             return
         # Each request's random numbers, one per token, drawn now: a step then needs one
@@ -188,7 +145,7 @@ class Engine:
         group.keep([i for i in range(len(group.seqs)) if i not in finished])
         self._join(seqs, state, logits.index_select(0, index), turn)
 
-    def _join(self, seqs: list[_Seq], state: State, logits: Tensor, turn: Turn) -> None:
+    def _join(self, seqs: list[Seq], state: State, logits: Tensor, turn: Turn) -> None:
         """Add prefilled sequences to the running batch with their first tokens."""
         specs = [q.spec for q in seqs]
         params = RowParams(
@@ -268,7 +225,7 @@ class Engine:
             return None
         return torch.tensor(values, device=self.device)
 
-    def _alternatives(self, logits: Tensor, seqs: list[_Seq], at: int, turn: Turn) -> None:
+    def _alternatives(self, logits: Tensor, seqs: list[Seq], at: int, turn: Turn) -> None:
         """Each row's likeliest tokens under the model, for the rows that asked for some."""
         wanted = [q.spec.top_n_tokens for q in seqs]
         most = max(wanted)
@@ -283,7 +240,7 @@ class Engine:
                 turn.alternatives[at + row] = list(zip(row_ids[:n], row_lps[:n], strict=True))
 
     @staticmethod
-    def _finish_reason(seq: _Seq, text: str) -> str | None:
+    def _finish_reason(seq: Seq, text: str) -> str | None:
         stop = seq.spec.stop
         if stop:
             longest = max(len(s) for s in stop)
@@ -292,10 +249,3 @@ class Engine:
                 return "stop_sequence"
         return "length" if seq.generated >= seq.spec.max_new_tokens else None
 
-
-def token_texts(artifact: Artifact) -> list[str]:
-    """Each token id's text, by id, from a model folder's tokenizer."""
-    texts = [""] * artifact.net_config.vocab_size
-    for token, i in artifact.tokenizer.get_vocab().items():
-        texts[i] = token
-    return texts

@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import pickle
-import signal
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from app.generation.messages import Command, Turn
 from app.generation.service import StepWrapper
+from app.generation.spawn import reap, start_fork_server
 from app.generation.worker import HEADER, WorkerSetup, frames, run_worker
 
 __all__ = ["ProcessTransport"]
@@ -59,7 +57,7 @@ class ProcessTransport:
         up, up_child = socket.socketpair()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app.generation.worker"])
-        _start_fork_server()
+        start_fork_server()
         process = context.Process(target=run_worker, name=f"generate-{self.name}",
                                   args=(self.setup, wrap_step, down_child, up_child))
         await asyncio.to_thread(process.start)  # waits for the fork server to take the job
@@ -124,7 +122,7 @@ class ProcessTransport:
         if not chunk:
             self._close()
             dead, self._process = self._process, None  # a replacement may start meanwhile
-            self._reaping = asyncio.get_running_loop().create_task(_reap(dead, 5.0))
+            self._reaping = asyncio.get_running_loop().create_task(reap(dead, 5.0))
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(RuntimeError("the generation worker exited at start"))
             else:
@@ -137,7 +135,7 @@ class ProcessTransport:
         self.send(None)
         self._close()
         process, self._process = self._process, None
-        await _reap(process, 10.0)
+        await reap(process, 10.0)
 
     def _close(self) -> None:
         loop = self._loop
@@ -150,30 +148,3 @@ class ProcessTransport:
             self._down.close()
         self._up = self._down = None
         self._writing = False
-
-async def _reap(process: Any, wait_s: float) -> None:
-    """Wait (off the event loop) up to `wait_s` for a worker to exit, then kill it."""
-    if process is None:
-        return
-    await asyncio.to_thread(process.join, wait_s)
-    if process.exitcode is None:  # stuck: it had its chance
-        log.warning("generation worker %d did not stop in %g s; killing it", process.pid, wait_s)
-        process.kill()
-        await asyncio.to_thread(process.join, 5)
-
-
-def _start_fork_server() -> None:
-    """Start multiprocessing's fork server (and its resource tracker) deaf to the signals a
-    process manager or a terminal sends the whole group: an ignored signal stays ignored
-    across exec, and the workers it forks inherit that. Both end when the server does.
-    Signal dispositions can be set from the main thread only; elsewhere (a server run in a
-    test's thread) the fork server starts as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    group = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in group}
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -32,7 +32,7 @@ import torch
 
 from bench.http import Connection
 from bench.load import percentile
-from bench.run import ROOT, Server, _free_port
+from bench.run import ROOT, Server, _free_port, wait_until_ready
 
 __all__ = ["Arrival", "drive", "make_schedule", "summarise"]
 
@@ -173,15 +173,7 @@ class StaticServer:
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
              "--no-access-log"], cwd=ROOT, env=os.environ | env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("the static baseline exited during start-up")
-            time.sleep(0.05)
+        wait_until_ready(self.url, self.proc, "static baseline")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -64,6 +64,19 @@ def _pss_mb(pid: int) -> float:
     return total
 
 
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait until the server `proc` answers `url`/health/ready with 200."""
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {what} exited during start-up")
+        time.sleep(0.02)
+
+
 class Server:
     """The real server in a subprocess, with its start-up time and memory."""
 
@@ -76,15 +89,7 @@ class Server:
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
             cwd=cwd, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            time.sleep(0.02)
+        wait_until_ready(self.url, self.proc, "server")
         self.startup_s = time.perf_counter() - started
         self.idle_rss_mb = _rss_mb(self.proc.pid)
         self.peak_rss_mb = self.idle_rss_mb

@@ -99,10 +99,10 @@ def drive(engine: Engine, receive: Callable[[bool], list[Command] | None],
     them only while the engine is idle), then run a turn, and `emit` what it did.
 
     Tokens in the middle of a generation are held up to `hold_s` and emitted with the later
-    turns' in one message: the server writes a stream at most that often anyway, and each
-    message wakes it. A turn in which a request starts, ends or fails is emitted at once with
+    turns' in one message: each message wakes the server, which writes a stream only once per
+    flush interval anyway. A turn in which a request starts, ends or fails is emitted at once with
     everything held, and so is the last turn before the engine goes idle."""
-    counts = (0, 0)  # (active, waiting) as last emitted
+    counts = (0, 0)  # (active, waiting) as last reported (emitted or held)
     held: Turn | None = None
     since = 0.0  # when the oldest turn held was made
     with torch.inference_mode():

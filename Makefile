@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # TORCH=cpu (default) installs the CPU build; TORCH=cu128 (or cu126, ...) a CUDA build.
 TORCH ?= cpu
-HOST ?= 0.0.0.0
+# The loopback interface only; HOST=0.0.0.0 serves every interface (set RNN_API_KEYS then).
+HOST ?= 127.0.0.1
 PORT ?= 8000
 # Server processes on the port (`make serve WORKERS=4`); each loads its own copy of the models.
 WORKERS ?= 1
@@ -43,7 +44,7 @@ lint: setup
 SENTIMENT_RECIPE = --train $(SHARED)/sst2/train_phrases.tsv --dev $(SHARED)/sst2/dev.tsv \
 	  --label-names negative,positive --cell lstm --bidirectional --pooling max \
 	  --embedding-dim 200 --hidden-size 256 --dropout 0.5 --word-dropout 0.1 \
-	  --epochs 10 --eval-every 500 --patience 6
+	  --epochs 10 --eval-every 500 --patience 6 --warmup-steps 100
 
 # The shipped sentiment classifier (docs/models.md): an ELMo-style bidirectional word LM
 # on the IMDB reviews (with their labels), then the SST-2 classifier fine-tuned from it with
@@ -57,7 +58,7 @@ PRETRAINED ?= runs/pretrain-imdb/encoder.pt
 PRETRAIN_RECIPE = --text $(SHARED)/imdb/train.tsv --label-column label \
 	  --vocab-text $(SHARED)/sst2/train_phrases.tsv --cell lstm --embedding-dim 200 \
 	  --hidden-size 256 --dropout 0.1 --batch-size 128 --lr 3e-3 --max-steps 6478 \
-	  --eval-every 540 --patience 4 --val-fraction 0.01 --seed 1
+	  --eval-every 540 --patience 4 --val-fraction 0.01 --seed 1 --warmup-steps 100
 $(PRETRAINED): | setup
 	$(PY) -m training pretrain $(PRETRAIN_RECIPE) --device $(DEVICE) $(EXTRA) --out $@
 
@@ -85,10 +86,10 @@ train-sentiment-scratch: setup
 
 LM_RECIPE = --text $(SHARED)/tinyshakespeare/input.txt --cell gru \
 	  --num-layers 2 --hidden-size 512 --embedding-dim 64 --dropout 0.2 --bptt 64 --streams 64 \
-	  --lr 3e-3 --max-steps 1800 --eval-every 200 --patience 0 --seed 1
+	  --lr 3e-3 --max-steps 1800 --eval-every 200 --patience 0 --seed 1 --warmup-steps 100
 
 train-lm: setup  ## the shipped character language model (Tiny Shakespeare)
-	$(PY) -m training lm $(LM_RECIPE) --out models/shakespeare
+	$(PY) -m training lm $(LM_RECIPE) --overwrite --out models/shakespeare
 
 # The shipped recipes data-parallel on GPUS GPUs of this machine (docs/distributed-training.md):
 # the same global batches and schedule, each GPU computing its share of every batch.
@@ -98,7 +99,8 @@ DDP_DEVICE ?= cuda
 TORCHRUN = $(PY) -m torch.distributed.run --standalone --nproc-per-node $(GPUS)
 
 train-lm-ddp: setup  ## train-lm on GPUS GPUs (torchrun)
-	$(TORCHRUN) -m training lm $(LM_RECIPE) --device $(DDP_DEVICE) $(EXTRA) --out models/shakespeare
+	$(TORCHRUN) -m training lm $(LM_RECIPE) --device $(DDP_DEVICE) $(EXTRA) --overwrite \
+	  --out models/shakespeare
 
 train-sentiment-ddp: setup  ## train-sentiment (pretraining, seeds 1-3) on GPUS GPUs (torchrun)
 	$(TORCHRUN) -m training pretrain $(PRETRAIN_RECIPE) --device $(DDP_DEVICE) $(EXTRA) \

@@ -16,10 +16,32 @@ from app.errors import ModelNotFound, ModelNotReady, WrongTask
 from app.metrics import MODEL_READY
 from app.settings import Settings
 
-__all__ = ["Registry", "resolve_device"]
+__all__ = ["SHIPPED_DEFAULTS", "Registry", "pick_default", "resolve_device"]
 
 log = logging.getLogger(__name__)
 TASK_OF_ROUTE = {"classify": "classification", "generate": "generation", "score": "generation"}
+# The models that ship in models/: each task's default wherever it is served.
+SHIPPED_DEFAULTS = {"classification": "sentiment", "generation": "shakespeare"}
+
+
+def pick_default(task: str, configured: str | None, ready: list[ModelEntry]) -> str | None:
+    """The default model of `task`, in this order: the setting (RNN_DEFAULT_CLASSIFIER or
+    RNN_DEFAULT_GENERATOR), a model whose config.json says `"default": true`, the shipped
+    model of the task, the only model of the task; with several and none of those, the one
+    created first (config.json's `created_at`, then the name). A folder added later never
+    takes over: a newly trained model is created after those already served."""
+    if configured:
+        return configured
+    mine = [e for e in ready if e.task == task]
+    marked = sorted(e.name for e in mine if e.artifact is not None
+                    and e.artifact.config.get("default") is True)
+    if marked:
+        return marked[0]
+    if any(e.name == SHIPPED_DEFAULTS.get(task) for e in mine):
+        return SHIPPED_DEFAULTS[task]
+    oldest = sorted(mine, key=lambda e: (str(e.artifact.config.get("created_at") or "")
+                                         if e.artifact is not None else "", e.name))
+    return oldest[0].name if oldest else None
 
 
 class Registry:
@@ -94,15 +116,10 @@ class Registry:
         return [e for e in self.entries.values() if e.status == "failed"]
 
     def default_name(self, task: str) -> str | None:
-        """The configured default for a task, else the first ready model of that task."""
+        """The model a request without "model" gets for `task`; see `pick_default`."""
         configured = (self.settings.default_classifier if task == "classification"
                       else self.settings.default_generator)
-        if configured:
-            return configured
-        for entry in self.ready():
-            if entry.task == task:
-                return entry.name
-        return None
+        return pick_default(task, configured, self.ready())
 
     def get(self, name: str | None, route: str) -> ModelEntry:
         """The model a request names (or the default for the route's task), ready to serve."""

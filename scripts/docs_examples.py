@@ -267,17 +267,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SHIPPED = ("sentiment", "shakespeare")
+
+
 @contextlib.contextmanager
 def serve(models_dir: Path, python: str = sys.executable, timeout_s: float = 120
           ) -> Iterator[str]:
-    """`uvicorn app.main:app` on a free loopback port serving `models_dir` on the CPU with every
-    other setting at its default; yields its URL once ready, stops it after."""
+    """`uvicorn app.main:app` on a free loopback port serving the shipped models of
+    `models_dir` on the CPU with every other setting at its default; yields its URL once
+    ready, stops it after. Other folders there (a user's own models) are left out: the docs
+    show what a fresh checkout answers."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNN_")}
-    # On the CPU even where a GPU is present: the docs show the CPU's (float16) answers.
-    env |= {"RNN_MODELS_DIR": str(models_dir.resolve()), "RNN_DEVICE": "cpu"}
     # The server's output goes to a file: a pipe nobody reads would fill and stall it.
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as shipped:
+        for name in SHIPPED:
+            if (models_dir / name).is_dir():
+                (Path(shipped) / name).symlink_to((models_dir / name).resolve())
+        # On the CPU even where a GPU is present: the docs show the CPU's (float16) answers.
+        env |= {"RNN_MODELS_DIR": shipped, "RNN_DEVICE": "cpu"}
         proc = subprocess.Popen([python, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                  "--port", str(port), "--log-level", "warning"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -71,6 +71,7 @@ def tiny_classifier_args(train: Path, dev: Path, out: Path, cell: str = "lstm",
             "--label-names", "negative,positive", "--embedding-dim", "16", "--hidden-size", "16",
             "--dropout", "0.1", "--batch-size", "16", "--max-steps", str(steps),
             "--eval-every", "40", "--warmup-steps", "10", "--lr", "0.01", "--no-progress",
+            "--threads", "1",
             "--out", str(out), "--work-dir", str(out.parent.parent / "work" / out.name)]
 
 
@@ -79,7 +80,7 @@ def tiny_lm_args(text: Path, out: Path, cell: str = "gru", steps: int = 60) -> l
     return ["lm", "--text", str(text), "--cell", cell, "--embedding-dim", "16",
             "--hidden-size", "32", "--dropout", "0.0", "--bptt", "32", "--streams", "8",
             "--max-steps", str(steps), "--eval-every", "30", "--warmup-steps", "5",
-            "--lr", "0.01", "--no-progress", "--out", str(out),
+            "--lr", "0.01", "--no-progress", "--threads", "1", "--out", str(out),
             "--work-dir", str(out.parent.parent / "work" / out.name)]
 
 

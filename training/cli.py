@@ -16,118 +16,27 @@ import torch
 from tokenizers import Tokenizer
 
 from textrnn.artifact import ArtifactError, load_artifact, sha256_file
-from textrnn.nets import CELLS, POOLINGS, CharLM, NetConfig, RNNClassifier, build_net
+from textrnn.nets import CharLM, NetConfig, RNNClassifier, build_net
 from textrnn.tokenization import build_char_tokenizer, build_word_tokenizer, encode_batch
 
 from .classify import ClassifierJob, classification_report, predict
-from .data import DataError, read_examples, read_text
-from .device import PRECISIONS, PrecisionUnsupported, check_precision
+from .data import DataError, read_examples, read_text, split_examples
+from .device import PrecisionUnsupported, check_precision
 from .distributed import Cluster, Part, init_cluster, shutdown_cluster
 from .export import export_model
 from .lm import LMJob, char_ids, stream_loss
+from .options import (
+    UsageError,
+    available_cores,
+    build_parser,
+    check_out,
+    default_threads,
+    resolve_work_dir,
+)
 from .pretrain import BiLM, BiLMJob, chunk_sentences, load_encoder, save_encoder
-from .train import CheckpointMismatch, TrainConfig, WorkDirBusy, fit
+from .train import CheckpointMismatch, TooShort, TrainConfig, WorkDirBusy, fit
 
-__all__ = ["main"]
-
-
-def _common(p: argparse.ArgumentParser, lr: float, batch: int) -> None:
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--work-dir", type=Path, help="checkpoints and logs (default runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
-    p.add_argument("--cell", choices=CELLS, default="lstm")
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--hidden-size", type=int)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
-    p.add_argument("--batch-size", type=int, default=batch)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=0, help="steps; 0 = every epoch")
-    p.add_argument("--patience", type=int, default=5, help="evaluations without gain; 0 = off")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda or cuda:N (training device); under torchrun cpu or cuda")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16/fp16: mixed precision (autocast; fp16 with loss scaling, GPU only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("classify", help="train a text classifier")
-    c.add_argument("--train", type=Path, required=True, help=".tsv, .csv or .jsonl")
-    c.add_argument("--dev", type=Path, required=True, help="dev set (model selection)")
-    c.add_argument("--text-column", default="text")
-    c.add_argument("--label-column", default="label")
-    c.add_argument("--labels", help="comma-separated label values (default: those in --train)")
-    c.add_argument("--label-names", help="comma-separated names served for the label values")
-    c.add_argument("--bidirectional", action="store_true")
-    c.add_argument("--pooling", choices=POOLINGS, default="max")
-    c.add_argument("--word-dropout", type=float, default=0.0, help="train-time unknown-word rate")
-    c.add_argument("--min-frequency", type=int, default=1)
-    c.add_argument("--max-vocab", type=int, default=30_000)
-    c.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
-    c.add_argument("--init-from", type=Path,
-                   help="encoder from `pretrain`: its tokenizer, architecture and weights")
-    c.add_argument("--keep-head", action="store_true",
-                   help="with --init-from: start from the encoder's label head too (its "
-                        "labels must be these, in the same order)")
-    c.add_argument("--freeze-embedding", action="store_true",
-                   help="keep the word vectors fixed (those of --init-from, say): words seen "
-                        "only in pretraining stay where their neighbours are")
-    c.add_argument("--lr-decay", type=float, default=1.0,
-                   help="each layer below the head learns at the rate above it / this (ULMFiT "
-                        "used 2.6); 1 = one rate")
-    c.add_argument("--unfreeze-every", type=int, default=0,
-                   help="steps; train the head alone first, then unfreeze one layer more "
-                        "every N steps (gradual unfreezing); 0 = all from the start")
-    c.add_argument("--ema", type=float, default=0.0,
-                   help="evaluate and keep a moving average of the weights with this decay "
-                        "per step (0.998: about the last 500 steps); 0 = the weights as they are")
-    _common(c, lr=2e-3, batch=64)
-    t = sub.add_parser("pretrain", help="pretrain a classifier encoder as a bidirectional LM")
-    t.add_argument("--text", type=Path, required=True, help=".tsv/.csv/.jsonl, or .txt (a line each)")
-    t.add_argument("--text-column", default="text")
-    t.add_argument("--label-column", help="also learn these labels (max-pooled head)")
-    t.add_argument("--label-weight", type=float, default=1.0, help="weight of the label loss")
-    t.add_argument("--vocab-text", type=Path, action="append", default=[],
-                   help="more files whose words join the vocabulary (the classifier's data)")
-    t.add_argument("--vocab-text-column", default="text")
-    t.add_argument("--min-frequency", type=int, default=3)
-    t.add_argument("--max-vocab", type=int, default=20_000)
-    t.add_argument("--chunk-length", type=int, default=64, help="tokens per training chunk")
-    t.add_argument("--val-fraction", type=float, default=0.02, help="documents held out")
-    t.add_argument("--cutoffs", default="2000,8000", help="adaptive softmax cluster bounds")
-    _common(t, lr=2e-3, batch=64)
-    m = sub.add_parser("lm", help="train a character language model")
-    m.add_argument("--text", type=Path, required=True, help="UTF-8 plain text")
-    m.add_argument("--val-text", type=Path, help="validation text (default: the last part)")
-    m.add_argument("--val-fraction", type=float, default=0.1)
-    m.add_argument("--tie-weights", action="store_true")
-    m.add_argument("--bptt", type=int, default=128, help="characters per backprop window")
-    m.add_argument("--streams", type=int, default=64, help="parallel training streams")
-    _common(m, lr=3e-3, batch=64)
-    e = sub.add_parser("evaluate", help="evaluate a model folder on a data file")
-    e.add_argument("model", type=Path)
-    e.add_argument("--data", type=Path, required=True)
-    e.add_argument("--text-column", default="text")
-    e.add_argument("--label-column", default="label")
-    e.add_argument("--streams", type=int, default=1, help="LM: parallel streams (1 = exact)")
-    e.add_argument("--weights", choices=("float32", "float16"), default="float32",
-                   help="hold LSTM/GRU weights as the server's RNN_WEIGHTS does (float16 on the "
-                        "CPU: the service's default); the recorded figures are float32's")
-    e.add_argument("--json", action="store_true", help="print the report as JSON only")
-    return parser
+__all__ = ["build_parser", "main"]
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -147,12 +56,25 @@ def _distributed(cluster: Cluster, global_batch: int, unit: str) -> dict[str, An
                                 "per_rank_batch_size": shares, "batch_unit": unit}
 
 
+def portable(path: Path | str) -> str:
+    """A path as recorded in a model folder: relative to the working directory when inside
+    it, else the file's name alone (a model folder does not carry a machine's layout)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def _provenance(args: argparse.Namespace, paths: list[Path], cfg: TrainConfig,
                 result: Any, hyper: dict[str, Any]) -> dict[str, Any]:
+    command = [portable(a) if a.startswith("/") else a for a in args.argv]
     return {
-        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+        "data": [{"path": portable(p), "sha256": sha256_file(p)} for p in paths],
         "data_sha256": sha256_file(paths[0]),
-        "command": "python -m training " + shlex.join(args.argv),
+        "command": "python -m training " + shlex.join(command),
         "hyperparameters": asdict(cfg) | hyper,
         "seed": cfg.seed, "steps": result.steps, "epochs": result.epochs,
         "wall_time_s": result.wall_time_s, "stopped_because": result.stopped_because,
@@ -167,8 +89,19 @@ def _classify(args: argparse.Namespace) -> int:
     values = values or sorted({ex.label for ex in train})
     names = args.label_names.split(",") if args.label_names else values
     if len(names) != len(values):
-        raise SystemExit(f"error: --label-names gives {len(names)} names for {len(values)} labels")
-    dev = read_examples(args.dev, args.text_column, args.label_column, values)
+        raise UsageError(f"--label-names gives {len(names)} names for {len(values)} labels")
+    if args.dev is not None and args.dev_fraction is not None:
+        raise UsageError("give --dev or --dev-fraction, not both")
+    if args.dev is not None:
+        dev = read_examples(args.dev, args.text_column, args.label_column, values)
+    else:
+        train, dev = split_examples(train, args.dev_fraction or 0.1, args.seed)
+        if not dev:
+            raise UsageError(f"--dev-fraction: {args.train} has no label with two examples "
+                             "to hold one out; give a --dev file")
+        if args.cluster.is_main:
+            print(f"dev set: {len(dev)} of the {len(train) + len(dev)} examples of {args.train} "
+                  "held out (--dev-fraction)", file=sys.stderr)
     pretrained = load_encoder(args.init_from) if args.init_from else None
     if pretrained is not None:
         tokenizer = Tokenizer.from_str(pretrained["tokenizer"])
@@ -178,7 +111,7 @@ def _classify(args: argparse.Namespace) -> int:
         for key, default in defaults.items():
             given = getattr(args, key)
             if given not in (default, arch[key]):
-                raise SystemExit(f"error: --{key.replace('_', '-')} {given} differs from the "
+                raise UsageError(f"--{key.replace('_', '-')} {given} differs from the "
                                  f"encoder's {arch[key]} ({args.init_from})")
             setattr(args, key, arch[key])
     else:
@@ -202,7 +135,7 @@ def _classify(args: argparse.Namespace) -> int:
         if args.keep_head:
             theirs = pretrained["provenance"]["hyperparameters"].get("labels")
             if theirs != values:
-                raise SystemExit(f"error: --keep-head needs the encoder's labels {theirs} to be "
+                raise UsageError(f"--keep-head needs the encoder's labels {theirs} to be "
                                  f"this data's {values}")
             net.load_state_dict(pretrained["state_dict"])
         else:
@@ -214,7 +147,7 @@ def _classify(args: argparse.Namespace) -> int:
     net = net.to(args.device)
     job = ClassifierJob(net, encode(train), encode(dev), names, cfg.batch_size, cfg.seed,
                         args.word_dropout, args.cluster.part)
-    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+    result = fit(job, cfg, args.work_dir, resume=args.resume)
     args.distributed = _distributed(args.cluster, cfg.batch_size, "texts")
     if not args.cluster.is_main:  # rank 0 exports
         return 0
@@ -223,12 +156,14 @@ def _classify(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         dev_report = job.evaluate()
     hyper = {"word_dropout": args.word_dropout, "min_frequency": args.min_frequency,
+             "dev_fraction": None if args.dev is not None else args.dev_fraction or 0.1,
              "max_vocab": args.max_vocab, "freeze_embedding": args.freeze_embedding}
     if pretrained is not None:
-        hyper |= {"init_from": str(args.init_from), "keep_head": args.keep_head,
+        hyper |= {"init_from": portable(args.init_from), "keep_head": args.keep_head,
                   "pretraining": pretrained["provenance"]}
     extra = {"labels": names, "label_values": values, "max_length": args.max_length,
-             "training": _provenance(args, [args.train, args.dev], cfg, result, hyper),
+             "training": _provenance(args, [args.train] + ([args.dev] if args.dev else []),
+                                     cfg, result, hyper),
              "metrics": {"dev": dev_report}}
     export_model(args.out, net, tokenizer, extra, result.history, "accuracy")
     print(f"dev accuracy {dev_report['accuracy']:.4f}, macro F1 {dev_report['macro_f1']:.4f}; "
@@ -238,7 +173,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     if not 0 < args.val_fraction < 1:
-        raise SystemExit("error: --val-fraction must be between 0 and 1")
+        raise UsageError("--val-fraction must be between 0 and 1")
     docs = read_examples(args.text, args.text_column, args.label_column)
     values = sorted({d.label for d in docs}) if args.label_column else []
     extra = [ex.text for path in args.vocab_text
@@ -279,7 +214,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     job = BiLMJob(net, (train_ids, train_labels if values else None),
                   (val_ids, val_labels if values else None), cfg.batch_size, cfg.seed,
                   args.label_weight, args.cluster.part)
-    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.stem, resume=args.resume)
+    result = fit(job, cfg, args.work_dir, resume=args.resume)
     args.distributed = _distributed(args.cluster, cfg.batch_size, "chunks")
     if not args.cluster.is_main:  # rank 0 exports
         return 0
@@ -302,9 +237,18 @@ def _lm(args: argparse.Namespace) -> int:
         train_text, val_text = text, read_text(args.val_text)
     else:
         if not 0 < args.val_fraction < 1:
-            raise SystemExit("error: --val-fraction must be between 0 and 1")
+            raise UsageError("--val-fraction must be between 0 and 1")
         cut = int(len(text) * (1 - args.val_fraction))
         train_text, val_text = text[:cut], text[cut:]
+    need = args.streams * (args.bptt + 1) + 1
+    if len(train_text) < need:
+        raise UsageError(f"--text {args.text}: the training part has {len(train_text):,} "
+                         f"characters; --streams {args.streams} windows of --bptt {args.bptt} "
+                         f"need at least {need:,}: give a longer text, or lower --streams or "
+                         "--bptt")
+    if len(val_text) < 2:
+        raise UsageError(f"the validation text has {len(val_text)} character(s); at least 2 "
+                         "are needed: raise --val-fraction or give --val-text")
     tokenizer = build_char_tokenizer(train_text)
 
     hidden = args.hidden_size or 512
@@ -318,11 +262,11 @@ def _lm(args: argparse.Namespace) -> int:
     assert isinstance(net, CharLM)
     val_ids = char_ids(tokenizer, val_text)
     if args.streams < args.cluster.world_size:
-        raise SystemExit(f"error: --streams {args.streams} is fewer than the "
+        raise UsageError(f"--streams {args.streams} is fewer than the "
                          f"{args.cluster.world_size} processes; each needs a stream")
     job = LMJob(net, char_ids(tokenizer, train_text), val_ids, args.streams, args.bptt, cfg.seed,
-                part=args.cluster.part)
-    result = fit(job, cfg, args.work_dir or Path("runs") / args.out.name, resume=args.resume)
+                eval_streams=min(16, len(val_text) - 1), part=args.cluster.part)
+    result = fit(job, cfg, args.work_dir, resume=args.resume)
     args.distributed = _distributed(args.cluster, args.streams, "streams")
     if not args.cluster.is_main:  # rank 0 exports
         return 0
@@ -371,11 +315,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; bad data or a bad model folder exits 2 with the reason."""
-    args = build_parser().parse_args(argv)
+def _start(args: argparse.Namespace) -> None:
+    """Where a training run writes, checked before any work; its first log line."""
+    check_out(args.out, args.overwrite)
+    args.work_dir = resolve_work_dir(args.out, args.work_dir)
+    if args.cluster.is_main:
+        print(f"{args.command}: {args.threads} torch thread(s) (this machine has "
+              f"{available_cores()} cores), device {args.device}, "
+              f"{args.cluster.world_size} process(es); work dir {args.work_dir}; "
+              f"writes {args.out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
+    """Run the command line; bad flags, bad data or a bad model folder exit 2 with the reason."""
+    args = build_parser(prog, __doc__).parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # recorded as the exact command
-    torch.set_num_threads(getattr(args, "threads", 1))
+    if getattr(args, "threads", 0) is None:
+        args.threads = default_threads()
+    torch.set_num_threads(getattr(args, "threads", None) or default_threads())
     if str(getattr(args, "device", "cpu")).startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     args.cluster = Cluster()
@@ -387,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
+        if args.command != "evaluate":
+            _start(args)
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
         return commands[args.command](args)
-    except (DataError, ArtifactError, WorkDirBusy, CheckpointMismatch, PrecisionUnsupported) as e:
+    except (DataError, ArtifactError, WorkDirBusy, CheckpointMismatch, PrecisionUnsupported,
+            UsageError, TooShort) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         shutdown_cluster()
+

@@ -55,7 +55,8 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def _train(name: str, cli: list[str], out: Path, seed: int) -> None:
     cmd = [sys.executable, "-m", "training", *cli, "--seed", str(seed), "--threads", "1",
-           "--no-progress", "--out", str(out / "models" / name), "--work-dir", str(out / "work" / name)]
+           "--warmup-steps", "100", "--overwrite", "--no-progress",
+           "--out", str(out / "models" / name), "--work-dir", str(out / "work" / name)]
     log = (out / f"{name}.log").open("w")
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 

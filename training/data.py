@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DataError", "Example", "bucket_batches", "read_examples", "read_text"]
+__all__ = ["DataError", "Example", "bucket_batches", "read_examples", "read_text", "split_examples"]
 
 
 class DataError(Exception):
@@ -137,3 +137,22 @@ def bucket_batches(lengths: list[int], batch_size: int, rng: random.Random,
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def split_examples(examples: list[Example], fraction: float, seed: int
+                   ) -> tuple[list[Example], list[Example]]:
+    """(train, held out): `fraction` of each label's examples held out (at least one of a
+    label that has two or more), drawn with `seed`; both keep the file's order."""
+    by_label: dict[str, list[int]] = {}
+    for index, ex in enumerate(examples):
+        by_label.setdefault(ex.label, []).append(index)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for label in sorted(by_label):
+        rows = by_label[label]
+        if len(rows) < 2:
+            continue
+        count = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+        held.update(rng.sample(rows, count))
+    return ([ex for i, ex in enumerate(examples) if i not in held],
+            [ex for i, ex in enumerate(examples) if i in held])

@@ -69,7 +69,9 @@ def write_model_card(folder: Path, config: dict[str, Any]) -> None:
     """README.md of the model folder, written from its config."""
     arch, train = config["architecture"], config["training"]
     task = config["task"]
-    use = ("Sentiment classification of short English texts; the service answers "
+    labels = config.get("labels") or []
+    use = (f"Classifies texts like its training data into {len(labels)} labels "
+           f"({', '.join(f'`{label}`' for label in labels)}); the service answers "
            "`POST /classify`." if task == "classification" else
            "Character-level text generation and scoring in the style of its training text; "
            "the service answers `POST /generate` and `POST /score`.")

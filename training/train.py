@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,12 +18,12 @@ from typing import IO, Any, Protocol
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from . import distributed
 from .device import autocast, check_precision, grad_scaler
+from .progress import Progress
 
-__all__ = ["CheckpointMismatch", "FitResult", "Job", "TrainConfig", "WorkDirBusy", "fit"]
+__all__ = ["CheckpointMismatch", "FitResult", "Job", "TooShort", "TrainConfig", "WorkDirBusy", "fit"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
@@ -34,7 +35,15 @@ class WorkDirBusy(Exception):
 
 
 class CheckpointMismatch(Exception):
-    """The checkpoint to resume was written by a run of another world size."""
+    """The checkpoint to resume was written by another set-up (world size, architecture)."""
+
+
+class TooShort(Exception):
+    """The data gives no batch for an epoch."""
+
+
+# A run of fewer optimiser steps rarely learns anything: the command says so at its start.
+FEW_STEPS = 100
 
 
 @dataclass
@@ -49,7 +58,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     clip: float = 1.0
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: warmup_ratio of the run's steps
+    warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.05
     eval_every: int = 0  # steps; 0 = once per epoch
     patience: int = 5  # evaluations without improvement before stopping; 0 = never stop
@@ -102,24 +112,43 @@ class FitResult:
 class _Schedule:
     """Linear warm-up, then cosine decay to `min_lr_ratio` at step `total`.
 
-    With a time budget (`max_minutes`), `total` shrinks once to the steps the budget allows:
-    the speed is measured between a first mark, taken halfway to the fit point so that
-    start-up (a GPU's slow first steps) is behind it, and the fit point (up to 200 steps in,
-    or 2.5% and 5% of the budget, whichever comes first); a tenth of the budget is left for
-    evaluations. So the decay still finishes when time is up. (Plain numbers only: LambdaLR
-    checkpoints the object's attributes, and restores them on resume.)"""
+    The warm-up is `warmup_ratio` of the run's steps, or `warmup_steps` cut to half the run,
+    so that a short run reaches its peak rate. With a time budget (`max_minutes`), `total`
+    shrinks once to the steps the budget allows: the speed is measured between a first mark,
+    taken halfway to the fit point so that start-up (a GPU's slow first steps) is behind it,
+    and the fit point (up to 200 steps in, or 2.5% and 5% of the budget, whichever comes
+    first); a tenth of the budget is left for evaluations. The decay also follows the clock
+    (whichever of steps and time is further along), so the rate has reached its end when time
+    is up even if the run slows down after the fit. (Plain numbers only: LambdaLR checkpoints
+    the object's attributes, and restores them on resume.)"""
 
     def __init__(self, cfg: TrainConfig, total: int) -> None:
-        self.warmup, self.floor, self.total = cfg.warmup_steps, cfg.min_lr_ratio, total
+        self.explicit, self.ratio = cfg.warmup_steps, cfg.warmup_ratio
+        self.floor, self.total = cfg.min_lr_ratio, total
+        self.warmup = self._warmup(total)
         self.limit_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
         span = min(200, max(20, total // 20))
         self.mark_at, self.fit_at = span - span // 2, span
         self.mark: tuple[int, float] | None = None
         self.fitted = self.limit_s is None
+        self.warm_s: float | None = None  # training time when the warm-up ended
+        self.time_progress = 0.0
+
+    def _warmup(self, total: int) -> int:
+        if self.explicit is not None:
+            return min(self.explicit, total // 2)
+        return round(self.ratio * total)
 
     def observe(self, step: int, seconds: float) -> None:
         """After each optimiser step (`seconds` of training so far): take the marks, fit."""
-        if self.fitted or self.limit_s is None:
+        if self.limit_s is None:
+            return
+        if self.warm_s is None and step >= self.warmup:
+            self.warm_s = seconds
+        if self.warm_s is not None:
+            self.time_progress = min(1.0, (seconds - self.warm_s)
+                                     / max(1e-9, self.limit_s - self.warm_s))
+        if self.fitted:
             return
         if self.mark is None:
             if step >= self.mark_at or seconds >= 0.025 * self.limit_s:
@@ -129,12 +158,14 @@ class _Schedule:
             if seconds > t0 and step > step0:
                 rate = (step - step0) / (seconds - t0)
                 self.total = min(self.total, max(step + 1, step + int(rate * (budget_s - seconds))))
+                self.warmup = max(min(self.warmup, self._warmup(self.total)), 0)
             self.fitted = True
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        progress = max(progress, self.time_progress)
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -240,11 +271,29 @@ def fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool = False) -> Fit
             lock.close()
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _check_architecture(path: Path, theirs: dict[str, Tensor], ours: dict[str, Tensor]) -> None:
+    """A one-line refusal when the checkpoint's net is not this run's."""
+    for name in sorted(theirs.keys() | ours.keys()):
+        if name not in theirs or name not in ours or theirs[name].shape != ours[name].shape:
+            have = tuple(theirs[name].shape) if name in theirs else "absent"
+            want = tuple(ours[name].shape) if name in ours else "absent"
+            raise CheckpointMismatch(
+                f"{path} holds another architecture than this run's ({name}: {have} there, "
+                f"{want} here); resume with the flags and data it was written with, or start "
+                "afresh without --resume (or with another --work-dir)")
+
+
 def _load_checkpoint(path: Path, resume: bool, cluster: distributed.Cluster) -> Any:
     """The checkpoint to resume from, or None; rank 0 reads it and hands it to the others,
     so ranks on other machines need no shared file system."""
     ck = torch.load(path, weights_only=True) if cluster.is_main and resume and path.exists() \
         else None
+    if cluster.is_main and resume and ck is None:
+        _say(f"--resume: no checkpoint at {path}; starting afresh")
     if cluster.world_size > 1:
         ck = distributed.broadcast(ck)
     if ck is not None and ck.get("world_size", 1) != cluster.world_size:
@@ -276,8 +325,15 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
     averaged = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # type: ignore[no-untyped-call]
                 if cfg.ema > 0 else None)
     per_epoch = len(job.batches(0))
+    if per_epoch == 0:
+        raise TooShort("the training data gives no batch: it is shorter than one batch of "
+                       "the run's settings")
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
     schedule = _Schedule(cfg, total)
+    if main and total < FEW_STEPS:
+        _say(f"warning: this run takes {total} optimiser steps ({per_epoch} a pass over the "
+             f"data); a model rarely learns in fewer than {FEW_STEPS}: raise --epochs or "
+             "--max-steps, or lower --batch-size")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     log = _Log(work_dir / LOG_FILE, main)
     ckpt_path = work_dir / CHECKPOINT_FILE
@@ -289,8 +345,15 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
     history: list[dict[str, Any]] = []
     ck = _load_checkpoint(ckpt_path, resume, cluster)
     if ck is not None:
+        _check_architecture(ckpt_path, ck["net"], net.state_dict())
         net.load_state_dict(ck["net"])
-        optimizer.load_state_dict(ck["optimizer"])
+        try:
+            optimizer.load_state_dict(ck["optimizer"])
+        except ValueError:
+            raise CheckpointMismatch(
+                f"{ckpt_path} was written with other optimiser groups (--lr-decay, "
+                "--freeze-embedding, --init-from); resume with the flags it was written with, "
+                "or start afresh without --resume") from None
         scheduler.load_state_dict(ck["scheduler"])
         own = ck["ranks"][cluster.rank] if world > 1 else ck
         torch.set_rng_state(own["rng"])
@@ -377,8 +440,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
                                                     if isinstance(v, float)))
         return cfg.patience > 0 and bad_evals >= cfg.patience
 
-    bar = tqdm(total=total, initial=step, disable=not (cfg.progress and main),
-               dynamic_ncols=True, desc="train")
+    bar = Progress(total, step, cfg.progress and main)
     stopped = ""
     net.train()
     window_loss, window_items, window_start = 0.0, 0, time.monotonic()
@@ -412,7 +474,7 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
             schedule.observe(step, now)
             window_loss += loss.item()
             window_items += items
-            bar.update(1)
+            shown: tuple[float, float] | tuple[None, None] = (None, None)
             if step % cfg.log_every == 0:
                 if world > 1:  # each rank holds its share of the loss and of the items
                     window_loss, window_items_f = distributed.all_sum(
@@ -425,8 +487,9 @@ def _fit(job: Job, cfg: TrainConfig, work_dir: Path, resume: bool,
                           "elapsed_s": round(elapsed(), 1)}
                 history.append(record)
                 log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", speed=f"{speed:.0f}/s")
+                shown = (float(record["loss"]), speed)
                 window_loss, window_items, window_start = 0.0, 0, time.monotonic()
+            bar.update(step, *shown)
             end_of_epoch = index == len(batches) - 1
             due = step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch
             if step >= total:

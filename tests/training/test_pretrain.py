@@ -120,16 +120,18 @@ def test_classifier_starts_from_the_encoder(encoder_file: tuple[Path, Path, Path
 
 
 def test_conflicting_architecture_flags_are_refused(encoder_file: tuple[Path, Path, Path],
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     enc_path, train, dev = encoder_file
     args = tiny_classifier_args(train, dev, tmp_path / "m" / "clf")  # --hidden-size 16 matches
     args[args.index("--embedding-dim") + 1] = "32"
-    with pytest.raises(SystemExit, match="embedding-dim 32 differs"):
-        train_main([*args, "--init-from", str(enc_path)])
+    assert train_main([*args, "--init-from", str(enc_path)]) == 2
+    assert "error: --embedding-dim 32 differs" in capsys.readouterr().err
 
 
 def test_keep_head_starts_from_the_encoders_label_head(encoder_file: tuple[Path, Path, Path],
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     enc_path, train, dev = encoder_file
     out = tmp_path / "models" / "clf"
     args = _from_encoder_args(train, dev, out)
@@ -141,15 +143,19 @@ def test_keep_head_starts_from_the_encoders_label_head(encoder_file: tuple[Path,
     three = tiny_classifier_args(other, dev, tmp_path / "m" / "x")
     three[three.index("--label-names") + 1] = "a,b,c"
     three += ["--labels", "0,1,2", "--init-from", str(enc_path), "--keep-head"]
-    with pytest.raises(SystemExit, match="keep-head needs the encoder's labels"):
-        train_main(three)
+    assert train_main(three) == 2
+    assert "error: --keep-head needs the encoder's labels" in capsys.readouterr().err
 
 
 def test_pretrain_refuses_a_validation_fraction_outside_0_1(
-        encoder_file: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="val-fraction must be between 0 and 1"):
-        train_main(["pretrain", "--text", str(encoder_file[1]), "--val-fraction", "1.5",
-                    "--out", str(tmp_path / "e.pt")])
+        encoder_file: tuple[Path, Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("1.5", "0"):
+        with pytest.raises(SystemExit) as stop:
+            train_main(["pretrain", "--text", str(encoder_file[1]), "--val-fraction", bad,
+                        "--out", str(tmp_path / "e.pt")])
+        assert stop.value.code == 2
+        assert "--val-fraction: " in capsys.readouterr().err
 
 
 def test_a_frozen_embedding_keeps_the_encoders_vectors(encoder_file: tuple[Path, Path, Path],

@@ -1,5 +1,5 @@
-"""`python -m app.serve --workers N`: uvicorn with N server processes on one port, whose
-`/metrics` adds up every process's metrics."""
+"""`textrnn-serve` (`python -m app.serve`): uvicorn serving the models, with N server processes
+on one port (`--workers N`) whose `/metrics` adds up every process's metrics."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from app.logs import configure_logging
 from app.settings import load_settings
 
-__all__ = ["Supervisor", "answers", "main", "prepare_metrics_dir"]
+__all__ = ["Supervisor", "answers", "link_models", "main", "port_taken", "prepare_metrics_dir"]
 
 log = logging.getLogger("uvicorn.error")
 
@@ -101,12 +102,45 @@ def prepare_metrics_dir(path: Path) -> None:
         stale.unlink()
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound (in use, or not an address here), or None when it can.
+    Checked before any model loads: uvicorn binds only after the app has started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def link_models(folders: list[Path]) -> Path:
+    """A temporary models directory holding links to `folders` (served under their names)."""
+    names = [f.resolve().name for f in folders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--model folders must have distinct names: {', '.join(names)}")
+    root = Path(tempfile.mkdtemp(prefix="textrnn-models-"))
+    for folder in folders:
+        if not folder.is_dir():
+            shutil.rmtree(root)
+            raise ValueError(f"--model {folder}: no such folder")
+        (root / folder.resolve().name).symlink_to(folder.resolve())
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve `app.main:app` with uvicorn; with several workers, in prometheus-client's
     multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a temporary folder unless set)."""
-    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser = argparse.ArgumentParser(prog="textrnn-serve", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on; 0.0.0.0 for every one (set RNN_API_KEYS)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--models-dir", type=Path,
+                        help="serve every model folder in this directory (RNN_MODELS_DIR)")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="serve this model folder (repeat for more) instead of a directory")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes; each loads its own copy of the models")
     parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
@@ -114,11 +148,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-start-timeout", type=int, default=60,
                         help="seconds a worker may take to load the models when SIGHUP "
                              "replaces it (uvicorn's default, 5 s, is too short for large models)")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, not {args.workers}")
-    load_settings()  # a bad RNN_* setting is reported once here, not once per worker
+    if args.model and args.models_dir:
+        parser.error("give --model or --models-dir, not both")
+    linked = None
+    if args.model:
+        try:
+            linked = link_models(args.model)
+        except ValueError as e:
+            parser.error(str(e))
+        os.environ["RNN_MODELS_DIR"] = str(linked)
+    elif args.models_dir:
+        os.environ["RNN_MODELS_DIR"] = str(args.models_dir)
+    settings = load_settings()  # a bad RNN_* setting is reported once here, not once per worker
+    configure_logging(settings.log_format)
+    if not settings.models_dir.is_dir():
+        parser.exit(2, f"{parser.prog}: error: models directory {settings.models_dir} does not "
+                       "exist; point RNN_MODELS_DIR or --models-dir at the folder of models\n")
+    taken = port_taken(args.host, args.port)
+    if taken is not None:
+        parser.exit(1, f"{parser.prog}: error: cannot listen on {args.host}:{args.port} "
+                       f"({taken}); choose another --port or stop what holds it\n")
+    log.info("serving the models of %s on http://%s:%d; pid %d (`kill -HUP %d` reloads them)",
+             settings.models_dir if linked is None else ", ".join(map(str, args.model)),
+             args.host, args.port, os.getpid(), os.getpid())
     made = None
     if args.workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -139,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                                     log_level=args.log_level)
             Supervisor(config, sockets=[config.bind_socket()]).run()
     finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        for folder in (made, linked):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

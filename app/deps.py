@@ -10,10 +10,13 @@ from fastapi import Depends, Request
 from starlette.types import Receive
 
 from app.errors import ClientGone, InvalidInput
+from app.keys import TENANT_SCOPE_KEY
+from app.limits import check_chars
 from app.registry import Registry
 from app.settings import Settings
 
-__all__ = ["RegistryDep", "SettingsDep", "check_texts", "unless_disconnected"]
+__all__ = ["RegistryDep", "SettingsDep", "check_texts", "tenant_of",
+           "unless_disconnected"]
 
 T = TypeVar("T")
 
@@ -39,11 +42,14 @@ def check_texts(inputs: str | list[str], settings: Settings, field: str = "input
         raise InvalidInput(f"{field} holds {len(texts)} texts; the limit is {settings.max_inputs} "
                            "(RNN_MAX_INPUTS)")
     for i, text in enumerate(texts):
-        if len(text) > settings.max_input_chars:
-            where = field if isinstance(inputs, str) else f"{field}[{i}]"
-            raise InvalidInput(f"{where} has {len(text)} characters; the limit is "
-                               f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+        check_chars(text, settings, field if isinstance(inputs, str) else f"{field}[{i}]")
     return texts
+
+
+def tenant_of(request: Request) -> str:
+    """Who sent the request, for sharing the engine fairly: a digest of its API key, or ""
+    when the service takes no keys."""
+    return str(request.scope.get(TENANT_SCOPE_KEY, ""))
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from app.batching import BatchEngine
-from app.generation import Generator, make_generator
+from app.generation.build import make_generator
+from app.generation.service import Generator
 from app.inference import classify_batch, score_batch, warm_up
 from app.metrics import MODEL_READY
 from app.settings import Settings

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 __all__ = [
-    "INTERNAL_ERROR",
     "BodyTooLarge",
     "ClientGone",
     "DeadlineExceeded",
+    "Dialect",
     "Forbidden",
     "InvalidInput",
     "ModelNotFound",
@@ -24,23 +25,32 @@ __all__ = [
     "ServiceError",
     "Unauthorized",
     "WrongTask",
+    "dialect_of",
     "error_body",
     "error_type",
     "install_error_handlers",
     "openai_error",
     "printable",
+    "render",
+    "render_exception",
     "send_error",
     "send_json",
+    "stream_error",
 ]
 
 log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """Base of the errors a client can cause or meet; each carries its HTTP status."""
+    """Base of the errors a client can cause or meet; each carries its HTTP status, and may
+    name the request field it is about (`param`, OpenAI's name for it)."""
 
     status_code = 400
     headers: ClassVar[dict[str, str] | None] = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidInput(ServiceError):
@@ -106,9 +116,6 @@ class DeadlineExceeded(ServiceError):
     status_code = 504
 
 
-# all an unexpected failure tells a client (TGI's client reads `error` and `error_type`)
-INTERNAL_ERROR = b'{"detail":"internal error","error":"internal error","error_type":"generation"}'
-
 # TGI's error_type names (its client raises ValidationError, OverloadedError, ... by them).
 _ERROR_TYPES: dict[int, str] = {401: "unauthorized", 404: "not_found", 408: "timeout",
                                 413: "validation", 415: "validation", 422: "validation",
@@ -121,7 +128,11 @@ _OPENAI_TYPES: dict[int, str] = {400: "invalid_request_error", 401: "authenticat
 
 def error_type(exc: ServiceError) -> str:
     """TGI's `error_type` of a domain error."""
-    return _ERROR_TYPES.get(exc.status_code, "validation" if exc.status_code < 500 else "generation")
+    return _tgi_type(exc.status_code)
+
+
+def _tgi_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "validation" if status < 500 else "generation")
 
 
 def openai_error(status: int, message: str, param: str | None = None,
@@ -131,8 +142,12 @@ def openai_error(status: int, message: str, param: str | None = None,
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _openai_route(request: Request) -> bool:
-    return request.url.path.startswith("/v1/")
+Dialect = Literal["hf", "openai"]
+
+
+def dialect_of(path: str) -> Dialect:
+    """The error dialect of a path: OpenAI's on /v1, Hugging Face's and TGI's elsewhere."""
+    return "openai" if path == "/v1" or path.startswith("/v1/") else "hf"
 
 
 def printable(text: str) -> str:
@@ -152,13 +167,43 @@ def _printable_all(value: Any) -> Any:
     return value
 
 
-def error_body(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and headers of the answer to a domain error (JSONResponse's bytes):
-    FastAPI's `detail` and TGI's `error` and `error_type`, so both conventions read it."""
-    message = printable(str(exc))
-    body = json.dumps({"detail": message, "error": message, "error_type": error_type(exc)},
-                      ensure_ascii=False, separators=(",", ":"))
-    return exc.status_code, body.encode(), dict(exc.headers or {})
+def render(status: int, message: str, dialect: Dialect, param: str | None = None,
+           code: str | None = None) -> tuple[int, dict[str, Any]]:
+    """The one error renderer: the status and body of an error in a dialect. Hugging Face's
+    and TGI's body is FastAPI's `detail` with TGI's `error` and `error_type`; OpenAI's is
+    `{"error": {message, type, param, code}}`, with 400 for an invalid request."""
+    message = printable(message)
+    if dialect == "openai":
+        status = 400 if status == 422 else status
+        return status, openai_error(status, message, param, code)
+    return status, {"detail": message, "error": message, "error_type": _tgi_type(status)}
+
+
+def render_exception(exc: BaseException, dialect: Dialect) -> tuple[int, dict[str, Any]]:
+    """`render` of a domain error; anything else is an internal error that leaks nothing."""
+    if isinstance(exc, ServiceError):
+        code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+        return render(exc.status_code, str(exc), dialect, exc.param, code)
+    return render(500, "internal error", dialect)
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def error_body(exc: ServiceError, dialect: Dialect = "hf") -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers of the answer to a domain error."""
+    status, body = render_exception(exc, dialect)
+    return status, _dumps(body), dict(exc.headers or {})
+
+
+def stream_error(exc: BaseException, dialect: Dialect) -> str:
+    """An error inside a stream that has started (its status has gone): one `data:` event
+    with the error's body, as TGI and OpenAI send it. Internal errors leak nothing."""
+    _, body = render_exception(exc, dialect)
+    if dialect == "hf":
+        body = {"error": body["error"], "error_type": body["error_type"]}
+    return f"data: {json.dumps(body)}\n\n"
 
 
 async def send_json(send: Send, status: int, body: bytes,
@@ -170,31 +215,39 @@ async def send_json(send: Send, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: ServiceError, path: str = "") -> None:
-    """The answer to a domain error, as `send_json` writes it; in OpenAI's shape on `/v1`."""
-    status, body, headers = error_body(exc)
-    if path.startswith("/v1/"):
-        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
-        body = json.dumps(openai_error(status, printable(str(exc))), separators=(",", ":")).encode()
-    await send_json(send, status, body, headers)
+async def send_error(send: Send, exc: BaseException, path: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """The answer to an error, as `send_json` writes it, in the path's dialect."""
+    status, body = render_exception(exc, dialect_of(path))
+    extra = dict(exc.headers or {}) if isinstance(exc, ServiceError) else {}
+    await send_json(send, status, _dumps(body), extra | (headers or {}))
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    status, body, headers = error_body(exc)
-    if _openai_route(request):
-        code = "model_not_found" if isinstance(exc, ModelNotFound) else None
-        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
-        return JSONResponse(openai_error(status, str(exc), getattr(exc, "param", None), code),
-                            status_code=status, headers=headers)
+    status, body, headers = error_body(exc, dialect_of(request.url.path))
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    if _openai_route(request):
-        return JSONResponse(openai_error(500, "internal error"), status_code=500)
-    return Response(INTERNAL_ERROR, status_code=500, media_type="application/json")
+    status, body = render(500, "internal error", dialect_of(request.url.path))
+    return Response(_dumps(body), status_code=status, media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (an unknown path, a wrong method): FastAPI's shape, and OpenAI's
+    on /v1, so that the SDK shows the message, not only the status."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if dialect_of(request.url.path) == "hf":
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    if exc.status_code == 404:
+        message = (f"{request.url.path} is not served here; the OpenAI routes served are "
+                   "/v1/models, /v1/completions and /v1/chat/completions")
+    status, body = render(exc.status_code, message, "openai")
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _clip(value: Any, limit: int = 80) -> Any:
@@ -222,10 +275,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     message = printable("; ".join(
         f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
         for err in exc.errors()))
-    if _openai_route(request):
+    if dialect_of(request.url.path) == "openai":
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         param = printable(".".join(str(p) for p in first if p != "body")) or None
-        return JSONResponse(openai_error(400, message, param), status_code=400)
+        status, body = render(422, message, "openai", param)
+        return JSONResponse(body, status_code=status)
     return JSONResponse({"detail": _printable_all(detail), "error": message,
                          "error_type": "validation"}, status_code=422)
 
@@ -234,4 +288,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to their statuses; anything else is logged and answered 500."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

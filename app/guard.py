@@ -17,7 +17,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import INTERNAL_ERROR, ServiceError, error_body, send_error, send_json
+from app.errors import ServiceError, send_error
 
 __all__ = ["BodyTimeout", "RequestGuard", "UnsupportedMediaType", "is_json"]
 
@@ -94,10 +94,9 @@ class RequestGuard:
                 # Answer now and close; the app sees a client that went away and stops reading.
                 answered = True
                 if not started:
-                    status, body, headers = error_body(BodyTimeout(
+                    await send_error(send, BodyTimeout(
                         f"the request body was not received within {self.body_timeout_s:g} s "
-                        "(RNN_BODY_TIMEOUT_S)"))
-                    await send_json(send, status, body, headers | {"Connection": "close"})
+                        "(RNN_BODY_TIMEOUT_S)"), scope["path"], {"Connection": "close"})
                 return {"type": "http.disconnect"}
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
@@ -115,4 +114,4 @@ class RequestGuard:
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started and not answered:
-                await send_json(send, 500, INTERNAL_ERROR)
+                await send_error(send, RuntimeError(), scope["path"])

@@ -7,16 +7,21 @@ an error message or an answer: messages name the file or the setting, never the 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from pathlib import Path
 
 from starlette.types import Scope
 
-__all__ = ["ADMIN_PREFIX", "ADMIN_SCOPE_KEY", "bearer_token", "is_admin_path", "matches_any", "read_key_file"]
+__all__ = ["ADMIN_PREFIX", "ADMIN_SCOPE_KEY", "TENANT_SCOPE_KEY", "bearer_token", "is_admin_path",
+           "matches_any", "read_key_file", "tenant_digest"]
 
 ADMIN_PREFIX = "/admin"
 # Set in the ASGI scope of a request whose admin key was checked.
 ADMIN_SCOPE_KEY = "textrnn.admin"
+# Set in the ASGI scope of a request whose inference key was checked: who sent it (a digest of
+# the key, never the key), so that the engine shares its slots between keys.
+TENANT_SCOPE_KEY = "textrnn.tenant"
 
 
 def read_key_file(path: Path) -> list[str]:
@@ -66,3 +71,9 @@ def is_admin_path(scope: Scope) -> bool:
     if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
         path = path[len(root):]
     return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+
+def tenant_digest(token: str | None) -> str:
+    """A short name for the holder of a key (its digest's first hex digits), to tell keys
+    apart in scheduling without keeping the key itself."""
+    return "" if token is None else hashlib.sha256(token.encode()).hexdigest()[:16]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-__all__ = ["REQUEST_ID", "configure_logging"]
+__all__ = ["REQUEST_ID", "configure_logging", "redact_url"]
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "app", "textrnn")
@@ -16,6 +17,27 @@ _LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "app", "textrnn")
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        return True
+
+
+_SECRET_PARAM = re.compile(r"([?&][^=&#]*(?:key|token|auth|secret|password|signature)[^=&#]*=)[^&#]*",
+                           re.IGNORECASE)
+
+
+def redact_url(path: str) -> str:
+    """A URL with the values of query parameters that may hold a credential (`api_key`,
+    `token`, ...) replaced: a client that puts its key in the query string must not find it
+    in the access log."""
+    return _SECRET_PARAM.sub(r"\1REDACTED", path) if "?" in path else path
+
+
+class _RedactFilter(logging.Filter):
+    """Redacts credentials from the URL of uvicorn's access log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_url(args[2]), *args[3:])
         return True
 
 
@@ -36,6 +58,7 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.set_name("textrnn")
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_RedactFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     for name in _LOGGERS:

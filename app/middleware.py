@@ -16,7 +16,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import BodyTooLarge, Forbidden, ModelNotReady, ServiceError, Unauthorized, send_error
-from app.keys import ADMIN_SCOPE_KEY, bearer_token, is_admin_path, matches_any
+from app.keys import (
+    ADMIN_SCOPE_KEY,
+    TENANT_SCOPE_KEY,
+    bearer_token,
+    is_admin_path,
+    matches_any,
+    tenant_digest,
+)
 from app.logs import REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
 from app.settings import Settings
@@ -24,7 +31,8 @@ from app.settings import Settings
 __all__ = ["ServiceMiddleware", "is_public"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PUBLIC = frozenset({"/health/live", "/health/ready", "/docs", "/redoc", "/openapi.json"})
+_PUBLIC = frozenset({"/health", "/health/live", "/health/ready", "/docs", "/redoc",
+                     "/openapi.json"})
 _PUBLIC_PREFIX = "/docs-assets/"
 _PLAYGROUND_PREFIX = "/playground/"
 
@@ -97,7 +105,9 @@ class ServiceMiddleware:
                 return  # the app's own answer after the 413 went out
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+                out = MutableHeaders(scope=message)
+                out["X-Request-Id"] = request_id
+                out["X-Content-Type-Options"] = "nosniff"
             await send(message)
 
         async def receive_limited() -> Message:
@@ -107,15 +117,16 @@ class ServiceMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     # Answer now; the app sees a client that went away and stops reading.
-                    await _send_413(send_wrapped, limit)
+                    await _send_413(send_wrapped, limit, scope["path"])
                     refused = True
                     return {"type": "http.disconnect"}
             return message
 
         try:
             if length > limit:
-                await _send_413(send_wrapped, limit)
+                await _send_413(send_wrapped, limit, scope["path"])
             elif (is_public(scope["path"], self.settings, scope["method"])
+                  or _preflight(scope, self.settings)
                   or await self._admit(scope, headers, send_wrapped)):
                 await self.app(scope, receive_limited, send_wrapped)
         finally:
@@ -135,12 +146,20 @@ class ServiceMiddleware:
                 scope[ADMIN_SCOPE_KEY] = True  # what the admin routes' own check looks for
             elif self.settings.api_keys:
                 _check_key(headers, self.settings.api_keys)
+                scope[TENANT_SCOPE_KEY] = tenant_digest(bearer_token(headers))
         except ServiceError as e:
             await send_error(send, e, scope["path"])
             return False
         return True
 
 
-async def _send_413(send: Send, limit: int) -> None:
+def _preflight(scope: Scope, settings: Settings) -> bool:
+    """A CORS preflight with CORS configured: the browser sends it without credentials, so it
+    is answered (by the CORS middleware) before any key check."""
+    return (bool(settings.cors_origins) and scope["method"] == "OPTIONS"
+            and any(name == b"access-control-request-method" for name, _ in scope["headers"]))
+
+
+async def _send_413(send: Send, limit: int, path: str) -> None:
     await send_error(send, BodyTooLarge(f"request body is over the limit of {limit} bytes "
-                                         "(RNN_MAX_BODY_BYTES)"))
+                                         "(RNN_MAX_BODY_BYTES)"), path)

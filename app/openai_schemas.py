@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    WithJsonSchema,
+    model_validator,
+)
 
-from app.schemas import AS_JSON_INT, STOP_MAX_CHARS
+from app.schemas import AS_JSON_INT, MAX_STOPS, STOP_MAX_CHARS, Text
 
 __all__ = ["MAX_N", "ChatMessage", "ChatRequest", "CompletionRequest", "StreamOptions"]
 
@@ -21,9 +30,19 @@ MAX_LOGPROBS = 5
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # The openai SDK and wrappers around it send null for an optional field they were
+        # not given: null means "the default" for every optional field, as OpenAI reads it.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items()
+                    if v is not None or k not in cls.model_fields
+                    or cls.model_fields[k].is_required()}
+        return data
+
 
 StopText = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS)]
-MAX_STOPS = 16
 _STOP_TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": STOP_MAX_CHARS}
 # OpenAI's `stop` is a string or a list of them; one string is read as a list of one, so that
 # an error names `stop` or `stop.N` and its limit, not a branch of a union.
@@ -44,7 +63,8 @@ class _Sampling(_Strict):
     """The sampling fields both OpenAI calls share."""
 
     model: str = Field(..., max_length=128, examples=["shakespeare"],
-                       description="A generation model's name, or `tgi` for the default one.")
+                       description="A generation model's name; any other name (`tgi`, "
+                       "`dummy`, ...) is answered by the default generation model, as TGI does.")
     max_tokens: Annotated[int, Field(ge=1), AS_JSON_INT] | None = Field(
         None, description="Tokens to generate at most.")
     temperature: StrictFloat | None = Field(None, ge=0, le=2, allow_inf_nan=False,
@@ -71,7 +91,7 @@ class _Sampling(_Strict):
 class CompletionRequest(_Sampling):
     """OpenAI's /v1/completions body."""
 
-    prompt: str | list[str] = Field(..., examples=["ROMEO:"])
+    prompt: Text | list[Text] = Field(..., examples=["ROMEO:"])
     echo: StrictBool = Field(False, description="Prepend the prompt to each choice's text.")
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), AS_JSON_INT] | None = Field(
         None, description="Logprobs of each token and this many alternatives.")
@@ -82,7 +102,7 @@ class TextPart(_Strict):
     """A text part of a message's content."""
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class TextFormat(_Strict):
@@ -91,13 +111,11 @@ class TextFormat(_Strict):
     type: Literal["text"]
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Strict):
     """One message of a conversation (tool calls are not supported)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     name: str | None = Field(None, max_length=64, description="The speaker's name.")
 
     def text(self) -> str:

@@ -16,8 +16,13 @@ from pydantic import (
     field_validator,
 )
 
+from app.generation.messages import Sampling
+from app.limits import new_tokens
+from app.settings import Settings
+
 __all__ = [
     "AS_JSON_INT",
+    "MAX_STOPS",
     "NEUTRAL_TGI",
     "STOP_MAX_CHARS",
     "BestOfSequence",
@@ -42,7 +47,8 @@ __all__ = [
     "Token",
 ]
 
-STOP_MAX_CHARS = 64
+STOP_MAX_CHARS = 64  # characters per stop sequence
+MAX_STOPS = 16  # stop sequences per request
 
 
 def _json_int(value: Any) -> Any:
@@ -144,7 +150,7 @@ class GenerateParameters(_Strict):
     do_sample: bool | None = Field(None, description="Sample; default: when a warper is set.")
     # 2**53: the largest integer every JSON client (and JSON Schema checker) holds exactly.
     seed: int | None = Field(None, ge=0, le=2**53, description="Same seed, same text.")
-    stop: list[Text] = Field(default_factory=list, max_length=16,
+    stop: list[Text] = Field(default_factory=list, max_length=MAX_STOPS,
                              description="Stop sequences; the text ends with the one that hit.")
     details: bool = Field(False, description="Return finish reason, seed and tokens.")
     typical_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
@@ -194,13 +200,20 @@ class GenerateParameters(_Strict):
                   or (self.top_p or 1.0) < 1 or (self.typical_p or 1.0) < 1)
         return bool(self.do_sample) or warped
 
-    def sampling(self) -> tuple[float, int, float, float]:
-        """(temperature, top_k, top_p, repetition_penalty) with TGI's greedy rule applied
-        (temperature 0 means greedy)."""
+    def to_sampling(self, settings: Settings) -> Sampling:
+        """The one `Sampling` of this request, within the limits, with TGI's greedy rule
+        applied (temperature 0 means greedy)."""
         temperature = 1.0 if self.temperature is None else self.temperature
         if not self.samples():
             temperature = 0.0
-        return temperature, self.top_k or 0, self.top_p or 1.0, self.repetition_penalty or 1.0
+        wanted = self.max_new_tokens if "max_new_tokens" in self.model_fields_set else None
+        return Sampling(
+            max_new_tokens=new_tokens(settings, wanted, self.max_new_tokens,
+                                      "parameters.max_new_tokens"),
+            temperature=temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0,
+            repetition_penalty=self.repetition_penalty or 1.0, typical_p=self.typical_p or 1.0,
+            frequency_penalty=self.frequency_penalty or 0.0, stop=tuple(self.stop),
+            top_n_tokens=self.top_n_tokens or 0)
 
 
 class GenerateRequest(_Strict):

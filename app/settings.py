@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_inputs: int = Field(64, ge=1, description="Texts per request.")
     max_input_chars: int = Field(4000, ge=1, description="Characters per text.")
     max_new_tokens: int = Field(1024, ge=1, description="Largest max_new_tokens accepted.")
+    max_request_tokens: int = Field(
+        16384, ge=1, description="Budget of one generation request: prompts x choices "
+        "(n, best_of) x max tokens. The default is a quarter of what 64 slots generate in "
+        "1,024 steps, so one request cannot claim the service.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
     body_timeout_s: float = Field(
         30.0, gt=0, le=3600,

@@ -13,8 +13,6 @@ Run it with `uvicorn --factory bench.static_server:app_from_env` (settings from 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import os
 import queue
 import threading
@@ -28,7 +26,10 @@ import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app.errors import InvalidInput, stream_error
+from app.routes.generate import TgiFrames
 from app.schemas import GenerateRequest
+from app.settings import Settings
 from textrnn.artifact import Artifact, load_artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM
@@ -36,7 +37,8 @@ from textrnn.sampling import RowParams, choose_tokens, uniform_table
 
 __all__ = ["StaticBatcher", "StaticJob", "TokenOut", "app_from_env", "create_app"]
 
-MAX_NEW_TOKENS = 1024  # the service's default RNN_MAX_NEW_TOKENS
+# The service's default limits (RNN_MAX_NEW_TOKENS, ...), checked as the service checks them.
+_LIMITS = Settings()
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TokenOut:
     text: str
     logprob: float
     finish_reason: str | None = None
+    top_tokens: None = None  # the baseline offers no top_n_tokens
 
 
 @dataclass
@@ -207,23 +210,6 @@ def _finish_reason(job: StaticJob) -> str | None:
     return None
 
 
-@functools.cache
-def _json_text(text: str) -> str:
-    return json.dumps(text)
-
-
-def _sse(event: TokenOut, job: StaticJob) -> str:
-    """One server-sent event in TGI's StreamResponse shape."""
-    head = (f'data: {{"index":{event.index},"token":{{"id":{event.id},'
-            f'"text":{_json_text(event.text)},"logprob":{event.logprob!r},'
-            f'"special":false}},"generated_text":')
-    if event.finish_reason is None:
-        return head + 'null,"details":null}\n\n'
-    details = {"finish_reason": event.finish_reason, "generated_tokens": job.generated,
-               "seed": job.seed}
-    return head + f'{json.dumps(job.text)},"details":{json.dumps(details)}}}\n\n'
-
-
 async def _next(job: StaticJob) -> list[TokenOut]:
     events = await job.events.get()
     if isinstance(events, BaseException):
@@ -232,26 +218,29 @@ async def _next(job: StaticJob) -> list[TokenOut]:
 
 
 async def _stream(job: StaticJob) -> AsyncIterator[str]:
+    """The job's tokens as TGI's events, written by the service's own frame writer."""
+    frames = TgiFrames(job.seed, len(job.prompt_ids))
     try:
         while True:
             events = await _next(job)
-            yield "".join(_sse(e, job) for e in events)
+            yield "".join(frames.event(e) for e in events)
             if events[-1].finish_reason is not None:
                 return
-    except Exception:
-        yield 'data: {"error":"internal error","error_type":"internal"}\n\n'
+    except Exception as exc:
+        yield stream_error(exc, "hf")
     finally:
         job.cancelled = True  # a client that left stops streaming; its row pads on
 
 
 def _job(body: GenerateRequest, artifact: Artifact, seed: int) -> StaticJob:
     params = body.parameters
-    if params.max_new_tokens > MAX_NEW_TOKENS:
-        raise HTTPException(422, f"parameters.max_new_tokens is {params.max_new_tokens}; the "
-                                 f"limit is {MAX_NEW_TOKENS}")
-    temperature, top_k, top_p, penalty = params.sampling()
+    try:
+        sampling = params.to_sampling(_LIMITS)
+    except InvalidInput as e:
+        raise HTTPException(422, str(e)) from None
     return StaticJob(artifact.tokenizer.encode(body.inputs, add_special_tokens=False).ids,
-                     params.max_new_tokens, temperature, top_k, top_p, penalty,
+                     sampling.max_new_tokens, sampling.temperature, sampling.top_k,
+                     sampling.top_p, sampling.repetition_penalty,
                      params.seed if params.seed is not None else seed,
                      asyncio.get_running_loop(), stop=list(params.stop))
 

@@ -148,10 +148,11 @@ def test_the_static_baseline_answers_in_the_services_shapes_with_the_services_te
     assert whole.status_code == 200 and whole.json() == {"generated_text": expected,
                                                          "details": None}
     events = [json.loads(line[5:]) for line in stream.text.splitlines() if line.startswith("data:")]
-    assert [e["index"] for e in events] == list(range(20))
+    assert [e.get("index") for e in events] == list(range(20)), events[-3:]
     assert "".join(e["token"]["text"] for e in events) == expected
     assert events[-1]["generated_text"] == expected
-    assert events[-1]["details"] == {"finish_reason": "length", "generated_tokens": 20, "seed": 5}
+    assert events[-1]["details"] == {"finish_reason": "length", "generated_tokens": 20, "seed": 5,
+                                     "input_length": 6}
 
 
 def test_the_open_loop_schedule_is_fixed_by_its_seed() -> None:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from app.generation.fair import FairQueue, group_of, share_of
 from app.generation.messages import Failure, GenerationSpec, Turn
-from app.generation.rows import Rows, Seq
+from app.generation.rows import Rows, Seq, join_rows, take_row
 from textrnn.artifact import Artifact
 from textrnn.inference import pad_batch
 from textrnn.nets import CharLM, State, concat_states, index_state
@@ -43,7 +44,7 @@ class Engine:
         self.max_active, self.prefill_chunk, self.clock = max_active, prefill_chunk, clock
         self.device = net.head.weight.device
         self.step = net.step  # a transport may wrap it (fault injection, slowed steps)
-        self._queue: deque[GenerationSpec] = deque()
+        self._queue = FairQueue()
         self._cancelled: set[int] = set()
         self._prefilling = Rows()
         self._running = Rows()
@@ -62,7 +63,7 @@ class Engine:
 
     def add(self, spec: GenerationSpec) -> None:
         """Queue a request."""
-        self._queue.append(spec)
+        self._queue.push(spec)
 
     def cancel(self, request: int) -> None:
         """Drop a request, queued or running, before the next turn's work."""
@@ -94,31 +95,79 @@ class Engine:
         if not self._cancelled:
             return
         gone = self._cancelled
-        self._queue = deque(s for s in self._queue if s.id not in gone)
+        self._queue.drop(gone)
         for rows in (self._prefilling, self._running):
             rows.keep([i for i, seq in enumerate(rows.seqs) if seq.spec.id not in gone])
         self._cancelled = set()
 
+    def _holders(self) -> tuple[Counter[str], Counter[int]]:
+        """Slots held by each sender and each request (running or prefilling)."""
+        tenants: Counter[str] = Counter()
+        groups: Counter[int] = Counter()
+        for seq in self._prefilling.seqs + self._running.seqs:
+            tenants[seq.spec.tenant] += 1
+            groups[group_of(seq.spec)] += 1
+        return tenants, groups
+
+    def _preempt(self, tenants: Counter[str], groups: Counter[int]) -> None:
+        """While every slot is taken and someone waits who holds fewer than a running
+        sequence's sender (or, for one sender, its request) would after giving one up, park
+        that sequence: its row leaves the batch with its recurrent state, and it queues at
+        the front of its request's line to resume where it stopped."""
+        running = self._running
+        while (len(self._prefilling.seqs) + len(running.seqs) >= self.max_active
+               and running.seqs and self._queue):
+            needy = self._queue.neediest(tenants, groups)
+            assert needy is not None
+            (held, group_held), tenant = needy
+            row = max(range(len(running.seqs)),
+                      key=lambda r: share_of(running.seqs[r].spec, tenants, groups))
+            spec = running.seqs[row].spec
+            rich, rich_group = share_of(spec, tenants, groups)
+            if spec.tenant != tenant and rich - 1 < held + 1:
+                return
+            if spec.tenant == tenant and rich_group - 1 < group_held + 1:
+                return
+            seq = running.seqs[row]
+            seq.parked = take_row(running, row)
+            tenants[spec.tenant] -= 1
+            groups[group_of(spec)] -= 1
+            self._queue.push(seq, front=True)
+
     def _admit(self, turn: Turn) -> None:
         now = self.clock()
         new: list[Seq] = []
+        resumed: list[Rows] = []
+        tenants, groups = self._holders()
+        if self._queue:
+            self._preempt(tenants, groups)
         busy = len(self._prefilling.seqs) + len(self._running.seqs)
-        while self._queue and busy + len(new) < self.max_active:
-            spec = self._queue.popleft()
+        while self._queue and busy + len(new) + len(resumed) < self.max_active:
+            item = self._queue.pop(tenants, groups)
+            if isinstance(item, Seq):  # parked: back into the running batch as it was
+                assert item.parked is not None
+                resumed.append(item.parked)
+                item.parked = None
+                continue
+            spec = item
             if now > spec.deadline:
+                tenants[spec.tenant] -= 1
+                groups[group_of(spec)] -= 1
                 turn.failures.append(Failure(spec.id, "deadline", f"request waited "
                                              f"{now - spec.enqueued:.1f} s, past its deadline"))
                 continue
             turn.admitted.append((spec.id, now - spec.enqueued))
             new.append(Seq(spec))
+        if resumed:
+            self._running = join_rows([self._running, *resumed])
         if not new:
             return
         # Each request's random numbers, one per token, drawn now: a step then needs one
         # small tensor for them instead of hashing seeds and steps.
         seeds = torch.tensor([q.spec.seed for q in new], dtype=torch.long)
-        table = uniform_table(seeds, max(q.spec.max_new_tokens for q in new)).tolist()
+        table = uniform_table(seeds, max(q.spec.sampling.max_new_tokens for q in new)).tolist()
         for seq, row in zip(new, table, strict=True):
-            seq.uniforms = row[:seq.spec.max_new_tokens]
+            seq.uniforms = row[:seq.spec.sampling.max_new_tokens]
         state = self.net.initial_state(len(new), self.device)
         group = self._prefilling
         group.seqs = group.seqs + new
@@ -147,34 +196,24 @@ class Engine:
 
     def _join(self, seqs: list[Seq], state: State, logits: Tensor, turn: Turn) -> None:
         """Add prefilled sequences to the running batch with their first tokens."""
-        specs = [q.spec for q in seqs]
+        specs = [q.spec.sampling for q in seqs]
         params = RowParams(
             torch.tensor([s.temperature for s in specs], device=self.device),
             torch.tensor([s.top_k for s in specs], dtype=torch.long, device=self.device),
             torch.tensor([s.top_p for s in specs], device=self.device),
             torch.tensor([s.repetition_penalty for s in specs], device=self.device),
-            torch.tensor([s.seed for s in specs], dtype=torch.long, device=self.device),
+            torch.tensor([q.spec.seed for q in seqs], dtype=torch.long, device=self.device),
             self._column([s.typical_p for s in specs], 1.0),
             self._column([s.frequency_penalty for s in specs], 0.0),
             self._column([s.presence_penalty for s in specs], 0.0))
         vocab = len(self.texts)
         seen = torch.zeros(len(seqs), vocab, device=self.device)  # B V
-        for row, spec in enumerate(specs):
-            seen[row] = torch.bincount(torch.tensor(spec.prompt_ids, dtype=torch.long),
+        for row, seq in enumerate(seqs):
+            seen[row] = torch.bincount(torch.tensor(seq.spec.prompt_ids, dtype=torch.long),
                                        minlength=vocab)[:vocab].to(seen)
         last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
-        batch = self._running
-        start = len(batch.seqs)
-        if not batch.seqs:
-            batch.seqs, batch.state, batch.last, batch.seen, batch.params = (
-                seqs, state, last, seen, params)
-        else:
-            assert batch.state is not None and batch.last is not None
-            assert batch.seen is not None and batch.params is not None
-            batch.seqs = batch.seqs + seqs
-            batch.state = concat_states([batch.state, state])
-            batch.last, batch.seen = torch.cat([batch.last, last]), torch.cat([batch.seen, seen])
-            batch.params = RowParams.cat([batch.params, params])
+        start = len(self._running.seqs)
+        self._running = join_rows([self._running, Rows(seqs, state, last, seen, params)])
         turn.firsts += len(seqs)
         self._sample(logits, range(start, start + len(seqs)), turn)
 
@@ -227,7 +266,7 @@ class Engine:
 
     def _alternatives(self, logits: Tensor, seqs: list[Seq], at: int, turn: Turn) -> None:
         """Each row's likeliest tokens under the model, for the rows that asked for some."""
-        wanted = [q.spec.top_n_tokens for q in seqs]
+        wanted = [q.spec.sampling.top_n_tokens for q in seqs]
         most = max(wanted)
         if most == 0:
             return
@@ -241,11 +280,9 @@ class Engine:
 
     @staticmethod
     def _finish_reason(seq: Seq, text: str) -> str | None:
-        stop = seq.spec.stop
-        if stop:
-            longest = max(len(s) for s in stop)
-            seq.tail = (seq.tail + text)[-longest:]
-            if any(seq.tail.endswith(s) for s in stop):
+        if seq.stops is not None:
+            seq.matched, hit = seq.stops.feed(seq.matched, text)
+            if hit:
                 return "stop_sequence"
-        return "length" if seq.generated >= seq.spec.max_new_tokens else None
+        return "length" if seq.generated >= seq.spec.sampling.max_new_tokens else None
 

@@ -7,35 +7,51 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 if TYPE_CHECKING:
     from app.generation.engine import Engine
 
-__all__ = ["Command", "Failure", "GenerationSpec", "Turn", "drive"]
+__all__ = ["Command", "Failure", "GenerationSpec", "Sampling", "StepWrapper", "Turn", "drive"]
+
+# Wraps a net's step function (fault injection and slowed steps in tests); picklable for the
+# worker process, which applies it to its own copy of the model.
+StepWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-@dataclass(frozen=True)
-class GenerationSpec:
-    """One request: its prompt, sampling parameters and deadline (immutable, picklable)."""
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How a generation samples and when it ends, whichever protocol asked: the one shape of
+    these values from a route's validation to the engine's rows (greedy: temperature 0)."""
 
-    id: int
-    prompt_ids: tuple[int, ...]
     max_new_tokens: int
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     repetition_penalty: float = 1.0  # 1: off
-    seed: int = 0
-    stop: tuple[str, ...] = ()
     typical_p: float = 1.0  # 1: off
     frequency_penalty: float = 0.0  # 0: off
     presence_penalty: float = 0.0  # 0: off
+    stop: tuple[str, ...] = ()
     top_n_tokens: int = 0  # alternatives reported with each token
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One generation: its prompt, sampling, seed and deadline (immutable, picklable).
+    `group` is the request it belongs to (its `n` or `best_of` siblings share it) and
+    `tenant` who sent it: the engine shares its slots between groups and tenants."""
+
+    id: int
+    prompt_ids: tuple[int, ...]
+    sampling: Sampling
+    seed: int = 0
     enqueued: float = 0.0  # time.monotonic() at arrival (one clock for every process)
     deadline: float = math.inf  # a request still queued after this fails
+    group: int = -1  # -1: a group of its own
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

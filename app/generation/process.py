@@ -21,8 +21,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from app.generation.messages import Command, Turn
-from app.generation.service import StepWrapper
+from app.generation.messages import Command, StepWrapper, Turn
 from app.generation.spawn import reap, start_fork_server
 from app.generation.worker import HEADER, WorkerSetup, frames, run_worker
 

@@ -13,11 +13,11 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from app.errors import DeadlineExceeded, Overloaded
-from app.generation.messages import Command, GenerationSpec, Turn
+from app.generation.choices import Choices, Generation, TokenEvent
+from app.generation.messages import Command, GenerationSpec, Sampling, StepWrapper, Turn
 from app.metrics import (
     ACTIVE_SEQUENCES,
     BATCH_SIZE,
@@ -27,66 +27,13 @@ from app.metrics import (
     TIME_TO_FIRST_TOKEN,
 )
 
-__all__ = ["Generation", "GenerationFailed", "Generator", "TokenEvent", "Transport"]
+__all__ = ["GenerationFailed", "Generator", "Transport"]
 
 log = logging.getLogger(__name__)
-
-# Wraps a net's step function (fault injection and slowed steps in tests); picklable for the
-# worker process, which applies it to its own copy of the model.
-StepWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class GenerationFailed(Exception):
     """A generation step failed on the server's side (a fault of the server, not the input)."""
-
-
-@dataclass(slots=True)
-class TokenEvent:
-    """One generated token; `finish_reason` is set on a request's last."""
-
-    index: int
-    id: int
-    text: str
-    logprob: float
-    finish_reason: str | None = None
-    top_tokens: list[tuple[int, str, float]] | None = None  # (id, text, logprob), best first
-
-
-@dataclass(eq=False)
-class Generation:
-    """One request as the server sees it: its spec and the events that come back for it."""
-
-    spec: GenerationSpec
-    cancel_hook: Callable[[int], None]
-    events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
-    admitted: bool = False  # in the engine's batch: its first token is moments away
-    ended: bool = False  # its last event has arrived
-    generated: int = 0
-    waiter: asyncio.Future[None] | None = None  # a stream's pause, cut short by the end
-
-    @property
-    def seed(self) -> int:
-        """The seed the request samples with."""
-        return self.spec.seed
-
-    @property
-    def prompt_ids(self) -> tuple[int, ...]:
-        """The prompt's token ids."""
-        return self.spec.prompt_ids
-
-    def cancel(self) -> None:
-        """Drop the request from the engine (its client left or gave up)."""
-        if not self.ended:
-            self.ended = True
-            self.cancel_hook(self.spec.id)
-
-    def put(self, event: TokenEvent | BaseException) -> None:
-        """Hand the request an event; its last token or an error wakes a paused stream."""
-        self.events.put_nowait(event)
-        if isinstance(event, BaseException) or event.finish_reason is not None:
-            self.ended = True
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
 
 
 class Transport(Protocol):
@@ -141,22 +88,27 @@ class Generator:
         await self.stop()
         await self.start(wrap_step)
 
-    def submit(self, prompt_ids: list[int], *, max_new_tokens: int, seed: int,
-               stop: list[str], **sampling: Any) -> Generation:
-        """Queue a request (on the event loop) with the `GenerationSpec` sampling fields
-        given; `Overloaded` when too many wait."""
-        if self.waiting >= self.max_queue:
-            raise Overloaded(f"model '{self.name}' has {self.max_queue} generations waiting; "
-                             "retry later")
+    def open(self, prompts: list[tuple[int, ...]], sampling: Sampling, seeds: list[int],
+             tenant: str = "") -> Choices:
+        """Queue a request's generations (on the event loop): each prompt with each seed, in
+        one group the engine shares its slots fairly with. `Overloaded` when they do not all
+        fit in the queue (none is queued then)."""
+        count = len(prompts) * len(seeds)
+        if self.waiting + count > self.max_queue:
+            raise Overloaded(f"model '{self.name}' has {self.waiting} generations waiting and "
+                             f"takes {self.max_queue} (RNN_MAX_QUEUE); this request adds "
+                             f"{count}; retry later")
         now = time.monotonic()
-        spec = GenerationSpec(next(self._ids), tuple(prompt_ids), max_new_tokens, seed=seed,
-                              stop=tuple(stop), enqueued=now, deadline=now + self.timeout_s,
-                              **sampling)
-        generation = Generation(spec, self._cancel)
-        self.requests[spec.id] = generation
-        self.transport.send(spec)
+        group = next(self._ids)
+        specs = [GenerationSpec(next(self._ids), prompt, sampling, seed=seed, enqueued=now,
+                                deadline=now + self.timeout_s, group=group, tenant=tenant)
+                 for prompt in prompts for seed in seeds]
+        choices = Choices(specs, self._cancel, self.timeout_s)
+        for member in choices.members:
+            self.requests[member.spec.id] = member
+            self.transport.send(member.spec)
         QUEUE_DEPTH.labels(self.name).set(self.waiting)
-        return generation
+        return choices
 
     def _cancel(self, request: int) -> None:
         if self.requests.pop(request, None) is not None:
@@ -183,11 +135,12 @@ class Generator:
                 TIME_TO_FIRST_TOKEN.labels(name).observe(now - generation.spec.enqueued)
             reason = finished.get(request) if ends.get(request) == at else None
             top = alternatives.get(at) if alternatives else None
-            generation.put(TokenEvent(generation.generated, token, texts[token], logprob, reason,
-                                      None if top is None else [(i, texts[i], lp) for i, lp in top]))
+            event = TokenEvent(generation.generated, token, texts[token], logprob, reason,
+                               None if top is None else [(i, texts[i], lp) for i, lp in top])
             generation.generated += 1
             if reason is not None:
                 del requests[request]
+            generation.put(event)
         # Failures after the tokens: a request's tokens from the turns before its failed
         # step reach it (a stream sends them) before the error.
         for failure in turn.failures:

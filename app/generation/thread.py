@@ -10,8 +10,7 @@ import threading
 from collections.abc import Callable
 
 from app.generation.engine import Engine
-from app.generation.messages import Command, Turn, drive
-from app.generation.service import StepWrapper
+from app.generation.messages import Command, StepWrapper, Turn, drive
 
 __all__ = ["ThreadTransport"]
 

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from app.generation.engine import Engine
-from app.generation.messages import Command, drive
-from app.generation.service import StepWrapper
+from app.generation.messages import Command, StepWrapper, drive
 from textrnn.artifact import load_artifact
 
 __all__ = ["HEADER", "WorkerSetup", "frames", "run_worker"]

@@ -8,25 +8,30 @@ default (temperature 1; 0 is greedy).
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
 
 from app.chat import template_of
-from app.deps import unless_disconnected
+from app.deps import tenant_of, unless_disconnected
 from app.entry import ModelEntry
-from app.errors import InvalidInput, ServiceError, openai_error
-from app.generation import Generation, TokenEvent
-from app.jobs import Finished, Sampling, collect, encode_prompt, merge_events, prefill_logprobs, seeds, submit
+from app.errors import InvalidInput, ModelNotFound, WrongTask, printable
+from app.generation.choices import Choices, Finished, TokenEvent
+from app.generation.messages import Sampling
+from app.jobs import encode_prompt, event_stream, open_choices, prefill_logprobs, sse_events
+from app.limits import new_tokens
 from app.openai_schemas import ChatRequest, CompletionRequest
 from app.registry import Registry
+from app.schemas import MODEL_NAME
 from app.settings import Settings
+from textrnn.stops import StopMatcher
 
 _OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type"], "properties": {
@@ -43,64 +48,73 @@ _STREAMED: dict[int | str, dict[str, Any]] = {200: {
     "content": {"application/json": {}, "text/event-stream": {}}}}
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger(__name__)
 
-_FINISH = {"stop_sequence": "stop", "length": "length", "cancelled": "stop"}
+_FINISH = {"stop_sequence": "stop", "length": "length"}
+_fallback_logged: set[str] = set()
 
 
 def _entry(registry: Registry, name: str) -> ModelEntry:
-    # "tgi" is what TGI's own OpenAI route takes for "the model served here".
-    return registry.get(None if name == "tgi" else name, "generate")
+    """The generation model a /v1 request names; a name that is not a served model (`tgi`,
+    `dummy`, the name a client library fills in) is answered by the default generation model,
+    as TGI does, and logged once per name."""
+    entry = registry.entries.get(name)
+    if entry is not None and entry.task == "generation":
+        return registry.get(name, "generate")
+    if entry is None:
+        entry = registry.get(None, "generate")
+        if name not in _fallback_logged and len(_fallback_logged) < 1024:
+            _fallback_logged.add(name)
+            log.info("model %r is not served; /v1 answers it with the default generation "
+                     "model %s", printable(name[:128]), entry.name)
+        return entry
+    raise WrongTask(f"model '{name}' is a {entry.task} model; the generation models are: "
+                    f"{_generators(registry)}", param="model")
+
+
+def _generators(registry: Registry) -> str:
+    return ", ".join(e.name for e in registry.ready() if e.task == "generation") or "none"
 
 
 def _sampling(body: CompletionRequest | ChatRequest, settings: Settings, default_tokens: int,
-              stop: list[str], top_n: int) -> Sampling:
-    wanted = body.max_tokens
+              stop: tuple[str, ...], top_n: int) -> Sampling:
+    """The one `Sampling` of an OpenAI request (temperature 1 by default; 0 is greedy)."""
+    wanted, field = body.max_tokens, "max_tokens"
     if isinstance(body, ChatRequest) and body.max_completion_tokens is not None:
-        wanted = body.max_completion_tokens
-    tokens = min(default_tokens, settings.max_new_tokens) if wanted is None else wanted
-    if tokens > settings.max_new_tokens:
-        raise InvalidInput(f"max_tokens is {tokens}; the limit is {settings.max_new_tokens} "
-                           "(RNN_MAX_NEW_TOKENS)")
-    return Sampling(max_new_tokens=tokens,
+        wanted, field = body.max_completion_tokens, "max_completion_tokens"
+    return Sampling(max_new_tokens=new_tokens(settings, wanted, default_tokens, field),
                     temperature=1.0 if body.temperature is None else body.temperature,
                     top_p=body.top_p or 1.0, presence_penalty=body.presence_penalty or 0.0,
                     frequency_penalty=body.frequency_penalty or 0.0, stop=stop, top_n_tokens=top_n)
 
 
-def _submit_all(entry: ModelEntry, prompts: list[list[int]], sampling: Sampling, seed: int | None,
-                n: int) -> list[Generation]:
-    jobs: list[Generation] = []
-    try:
-        for ids in prompts:
-            jobs += [submit(entry, ids, sampling, s) for s in seeds(seed, n)]
-    except BaseException:
-        for job in jobs:
-            job.cancel()
-        raise
-    return jobs
+def _tokens_field(body: CompletionRequest | ChatRequest) -> str:
+    if isinstance(body, ChatRequest) and body.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 class _Trimmer:
     """Holds back streamed text that may be the start of a stop sequence, and drops the stop
-    sequence that ends a choice (OpenAI's answers end before it)."""
+    sequence that ends a choice (OpenAI's answers end before it). The stop automaton makes
+    each character cost the same however many and however long the stops are."""
 
-    def __init__(self, stop: list[str]) -> None:
-        self.stop, self.held = stop, ""
+    def __init__(self, stops: StopMatcher) -> None:
+        self.stops, self.state, self.held = stops, 0, ""
 
     def feed(self, event: TokenEvent) -> str:
         """The text that can go out now."""
-        self.held += event.text
+        text = self.held + event.text
         if event.finish_reason is not None:
-            out, self.held = _without_stop(self.held, self.stop, event.finish_reason), ""
-            return out
-        keep = max((k for s in self.stop for k in range(1, len(s))
-                    if self.held.endswith(s[:k])), default=0)
-        out = self.held[:len(self.held) - keep]
-        self.held = self.held[len(self.held) - keep:]
-        return out
+            self.held = ""
+            return _without_stop(text, self.stops.stops, event.finish_reason)
+        self.state, _ = self.stops.feed(self.state, event.text)
+        keep = self.stops.pending(self.state)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
 
 
-def _without_stop(text: str, stop: list[str], reason: str | None) -> str:
+def _without_stop(text: str, stop: tuple[str, ...], reason: str | None) -> str:
     if reason == "stop_sequence":
         for s in stop:
             if text.endswith(s):
@@ -108,36 +122,49 @@ def _without_stop(text: str, stop: list[str], reason: str | None) -> str:
     return text
 
 
-def _usage(prompts: list[list[int]], done: list[int]) -> dict[str, int]:
+def _usage(prompts: list[tuple[int, ...]], done: list[int]) -> dict[str, int]:
     prompt = sum(len(p) for p in prompts)  # each prompt once, however many choices (OpenAI)
     return {"prompt_tokens": prompt, "completion_tokens": sum(done),
             "total_tokens": prompt + sum(done)}
 
 
-def _stream(events: AsyncIterator[tuple[int, TokenEvent]], jobs: list[Generation],
-            stop: list[str], chunk: Any, usage: Any) -> StreamingResponse:
-    """Server-sent events: `chunk(index, text, event)` per piece of text, `usage(counts)` last
-    when asked, then `data: [DONE]`."""
+def _stream(choices: Choices, settings: Settings, stop: tuple[str, ...],
+            chunk: Callable[[int, str, TokenEvent], dict[str, Any]],
+            usage: Callable[[list[int]], dict[str, Any] | None],
+            entry: ModelEntry) -> Response:
+    """Server-sent events: a `chunk(index, text, event)` per piece of text (each batch of
+    tokens in one write), `usage(counts)` last when asked, then `data: [DONE]`."""
+    matcher = StopMatcher(stop)
+    trimmers = [_Trimmer(matcher) for _ in choices.members]
+    counts = [0] * len(choices.members)
 
-    async def body() -> AsyncIterator[str]:
-        trimmers = [_Trimmer(stop) for _ in jobs]
-        counts = [0] * len(jobs)
-        try:
-            async for i, event in events:
-                counts[i] += 1
-                text = trimmers[i].feed(event)
-                if text or event.finish_reason is not None or event.index == 0:
-                    yield f"data: {json.dumps(chunk(i, text, event))}\n\n"
-            extra = usage(counts)
-            if extra is not None:
-                yield f"data: {json.dumps(extra)}\n\n"
-            yield "data: [DONE]\n\n"
-        except Exception as exc:  # in-band, as OpenAI does; nothing internal leaks
-            message = str(exc) if isinstance(exc, ServiceError) else "internal error"
-            yield f"data: {json.dumps(openai_error(500, message))}\n\n"
+    def frame(batch: list[tuple[int, TokenEvent]]) -> str:
+        out = []
+        for i, event in batch:
+            counts[i] += 1
+            text = trimmers[i].feed(event)
+            if text or event.finish_reason is not None or event.index == 0:
+                out.append(f"data: {json.dumps(chunk(i, text, event))}\n\n")
+        return "".join(out)
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    def end() -> str:
+        extra = usage(counts)
+        return ("" if extra is None else f"data: {json.dumps(extra)}\n\n") + "data: [DONE]\n\n"
+
+    return event_stream(sse_events(choices, settings.stream_flush_ms / 1000, frame, "openai", end),
+                        {"X-Model": entry.version})
+
+
+async def _first_or_whole(choices: Choices, request: Request, stream: bool) -> list[Finished]:
+    """A stream's first token (an error before it keeps its status), or every answer."""
+    try:
+        if stream:
+            await unless_disconnected(request.receive, choices.first(), choices.close)
+            return []
+        return await unless_disconnected(request.receive, choices.finished(), choices.close)
+    except BaseException:
+        choices.close()
+        raise
 
 
 def _head(kind: str, entry: ModelEntry) -> dict[str, Any]:
@@ -146,13 +173,39 @@ def _head(kind: str, entry: ModelEntry) -> dict[str, Any]:
             "model": entry.name, "system_fingerprint": entry.version}
 
 
+def _model_card(entry: ModelEntry) -> dict[str, Any]:
+    created = entry.artifact.config.get("created_at") if entry.artifact else None
+    return {"id": entry.name, "object": "model", "created": _epoch(created),
+            "owned_by": "textrnn"}
+
+
+def _epoch(stamp: Any) -> int:
+    """A config's ISO 8601 `created_at` as Unix seconds (0 when absent or unreadable)."""
+    try:
+        return int(datetime.fromisoformat(str(stamp)).timestamp())
+    except ValueError:
+        return 0
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """The generation models that serve, in OpenAI's list shape."""
     registry: Registry = request.app.state.registry
-    data = [{"id": e.name, "object": "model", "created": 0, "owned_by": "textrnn"}
-            for e in registry.ready() if e.task == "generation"]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model_card(e) for e in registry.ready()
+                                       if e.task == "generation"]}
+
+
+@router.get("/models/{model_id}", responses=_ERRORS)
+async def retrieve_model(request: Request,
+                         model_id: str = Path(pattern=MODEL_NAME)) -> dict[str, Any]:
+    """One generation model, in OpenAI's shape (`models.retrieve`)."""
+    registry: Registry = request.app.state.registry
+    entry = registry.entries.get(model_id)
+    if entry is None or entry.task != "generation" or entry.status != "ready":
+        raise ModelNotFound(f"model '{model_id}' is not served here; the generation models are: "
+                            f"{_generators(registry)}",
+                            param="model")
+    return _model_card(entry)
 
 
 def _completion_logprobs(done: Finished, k: int, offset: int) -> dict[str, Any]:
@@ -171,12 +224,18 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     entry = _entry(request.app.state.registry, body.model)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not texts or len(texts) > settings.max_inputs:
-        raise InvalidInput(f"prompt must hold 1 to {settings.max_inputs} texts (RNN_MAX_INPUTS)")
-    prompts = [encode_prompt(entry, t, settings, field="prompt") for t in texts]
+        raise InvalidInput(f"prompt holds {len(texts)} texts; it takes 1 to {settings.max_inputs} "
+                           "(RNN_MAX_INPUTS)", param="prompt")
+    prompts = [encode_prompt(entry, t, settings, field="prompt" if len(texts) == 1 and
+                             isinstance(body.prompt, str) else f"prompt.{i}")
+               for i, t in enumerate(texts)]
     k = body.logprobs
-    sampling = _sampling(body, settings, 16, body.stops(), k or 0)
-    jobs = _submit_all(entry, prompts, sampling, body.seed, body.n)
+    stop = tuple(body.stops())
+    sampling = _sampling(body, settings, 16, stop, k or 0)
+    choices = open_choices(entry, prompts, sampling, body.seed, body.n, settings,
+                           tenant_of(request), _tokens_field(body))
     head = _head("text_completion", entry)
+    finished = await _first_or_whole(choices, request, body.stream)
     if body.stream:
         def chunk(i: int, text: str, event: TokenEvent) -> dict[str, Any]:
             prefix = texts[i // body.n] if body.echo and event.index == 0 else ""
@@ -192,36 +251,31 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return None
             return head | {"choices": [], "usage": _usage(prompts, counts)}
-        return _stream(merge_events(jobs, settings.request_timeout_s), jobs, body.stops(),
-                       chunk, usage)
+        return _stream(choices, settings, stop, chunk, usage, entry)
 
-    async def answer() -> dict[str, Any]:
-        finished = await asyncio.gather(*(collect(j, settings.request_timeout_s) for j in jobs))
-        choices = []
-        for i, done in enumerate(finished):
-            prompt = texts[i // body.n]
-            text = _without_stop(done.text, body.stops(), done.finish_reason)
-            logprobs = None
-            if k is not None:
-                logprobs = _completion_logprobs(done, k, len(prompt) if body.echo else 0)
-                if body.echo:
-                    ids = prompts[i // body.n]
-                    lps = await prefill_logprobs(entry, ids)
-                    assert entry.artifact is not None
-                    toks = [entry.artifact.tokenizer.id_to_token(t) or "" for t in ids]
-                    logprobs = {"tokens": toks + logprobs["tokens"],
-                                "token_logprobs": lps + logprobs["token_logprobs"],
-                                "top_logprobs": [None] * len(toks) + logprobs["top_logprobs"],
-                                "text_offset": list(range(len(toks))) + logprobs["text_offset"]}
-            choices.append({"text": (prompt if body.echo else "") + text, "index": i,
-                            "logprobs": logprobs, "finish_reason": _FINISH[done.finish_reason]})
-        return head | {"choices": choices,
-                       "usage": _usage(prompts, [len(f.events) for f in finished])}
-
-    def cancel() -> None:
-        for job in jobs:
-            job.cancel()
-    return JSONResponse(await unless_disconnected(request.receive, answer(), cancel),
+    # The prompts' own logprobs (echo with logprobs): once per prompt, not once per choice.
+    prompt_lps: dict[int, list[float | None]] = {}
+    if body.echo and k is not None:
+        for p in range(len(prompts)):
+            prompt_lps[p] = await prefill_logprobs(entry, prompts[p])
+    out = []
+    for i, done in enumerate(finished):
+        p = i // body.n
+        text = _without_stop(done.text, stop, done.finish_reason)
+        logprobs = None
+        if k is not None:
+            logprobs = _completion_logprobs(done, k, len(texts[p]) if body.echo else 0)
+            if body.echo:
+                assert entry.artifact is not None
+                toks = [entry.artifact.tokenizer.id_to_token(t) or "" for t in prompts[p]]
+                logprobs = {"tokens": toks + logprobs["tokens"],
+                            "token_logprobs": prompt_lps[p] + logprobs["token_logprobs"],
+                            "top_logprobs": [None] * len(toks) + logprobs["top_logprobs"],
+                            "text_offset": list(range(len(toks))) + logprobs["text_offset"]}
+        out.append({"text": (texts[p] if body.echo else "") + text, "index": i,
+                    "logprobs": logprobs, "finish_reason": _FINISH[done.finish_reason]})
+    return JSONResponse(head | {"choices": out,
+                                "usage": _usage(prompts, [len(f.events) for f in finished])},
                         headers={"X-Model": entry.version})
 
 
@@ -242,13 +296,14 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     template = template_of(entry.artifact.config, entry.name)
     messages = [("system" if m.role == "developer" else m.role, m.name, m.text())
                 for m in body.messages]
-    prompt = template.render(messages)
-    ids = encode_prompt(entry, prompt, settings, field="messages")
-    stop = template.stop + [s for s in body.stops() if s not in template.stop]
+    ids = encode_prompt(entry, template.render(messages), settings, field="messages")
+    stop = tuple(template.stop) + tuple(s for s in body.stops() if s not in template.stop)
     k = (body.top_logprobs or 0) if body.logprobs else 0
     sampling = _sampling(body, settings, 100, stop, k)
-    jobs = _submit_all(entry, [ids], sampling, body.seed, body.n)
+    choices = open_choices(entry, [ids], sampling, body.seed, body.n, settings,
+                           tenant_of(request), _tokens_field(body))
     head = _head("chat.completion.chunk" if body.stream else "chat.completion", entry)
+    finished = await _first_or_whole(choices, request, body.stream)
     if body.stream:
         def chunk(i: int, text: str, event: TokenEvent) -> dict[str, Any]:
             delta: dict[str, Any] = {"content": text}
@@ -262,20 +317,13 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
             if body.stream_options is None or not body.stream_options.include_usage:
                 return None
             return head | {"choices": [], "usage": _usage([ids], counts)}
-        return _stream(merge_events(jobs, settings.request_timeout_s), jobs, stop, chunk, usage)
+        return _stream(choices, settings, stop, chunk, usage, entry)
 
-    async def answer() -> dict[str, Any]:
-        finished = await asyncio.gather(*(collect(j, settings.request_timeout_s) for j in jobs))
-        choices = [{"index": i, "message": {"role": "assistant",
-                                            "content": _without_stop(f.text, stop, f.finish_reason)},
-                    "logprobs": {"content": [_chat_logprobs(e, k) for e in f.events]}
-                    if body.logprobs else None,
-                    "finish_reason": _FINISH[f.finish_reason]} for i, f in enumerate(finished)]
-        return head | {"choices": choices,
-                       "usage": _usage([ids], [len(f.events) for f in finished])}
-
-    def cancel() -> None:
-        for job in jobs:
-            job.cancel()
-    return JSONResponse(await unless_disconnected(request.receive, answer(), cancel),
+    out = [{"index": i, "message": {"role": "assistant",
+                                    "content": _without_stop(f.text, stop, f.finish_reason)},
+            "logprobs": {"content": [_chat_logprobs(e, k) for e in f.events]}
+            if body.logprobs else None,
+            "finish_reason": _FINISH[f.finish_reason]} for i, f in enumerate(finished)]
+    return JSONResponse(head | {"choices": out,
+                                "usage": _usage([ids], [len(f.events) for f in finished])},
                         headers={"X-Model": entry.version})

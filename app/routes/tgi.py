@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import InvalidInput
+from app.limits import check_chars
 from app.registry import Registry
-from app.schemas import MAX_BEST_OF, MAX_TOP_N_TOKENS, MODEL_NAME
+from app.schemas import MAX_BEST_OF, MAX_STOPS, MAX_TOP_N_TOKENS, MODEL_NAME, Text
 from app.settings import Settings
 
 router = APIRouter(tags=["tgi"])
@@ -20,7 +20,7 @@ class TokenizeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: str = Field(..., examples=["ROMEO:"])
+    inputs: Text = Field(..., examples=["ROMEO:"])
     model: str | None = Field(None, pattern=MODEL_NAME)
     parameters: dict[str, Any] | None = None
 
@@ -39,7 +39,7 @@ async def info(request: Request) -> dict[str, Any]:
         if entry and entry.artifact else None,
         "model_device_type": str(registry.device.type), "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": settings.max_queue, "max_best_of": MAX_BEST_OF,
-        "max_stop_sequences": 16, "max_input_tokens": chars,
+        "max_stop_sequences": MAX_STOPS, "max_input_tokens": chars,
         "max_total_tokens": chars + settings.max_new_tokens,
         "max_client_batch_size": settings.max_inputs,
         "max_batch_size": settings.max_active_sequences, "max_top_n_tokens": MAX_TOP_N_TOKENS,
@@ -53,9 +53,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> list[dict[str, An
     """The prompt's tokens as the generation model reads them, with character offsets."""
     registry: Registry = request.app.state.registry
     settings: Settings = request.app.state.settings
-    if len(body.inputs) > settings.max_input_chars:
-        raise InvalidInput(f"inputs has {len(body.inputs)} characters; the limit is "
-                           f"{settings.max_input_chars} (RNN_MAX_INPUT_CHARS)")
+    check_chars(body.inputs, settings, "inputs")
     entry = registry.get(body.model, "generate")
     assert entry.artifact is not None
     encoding = entry.artifact.tokenizer.encode(body.inputs, add_special_tokens=False)

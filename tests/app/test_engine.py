@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.generation.engine import Engine
-from app.generation.messages import GenerationSpec, Turn, drive
+from app.generation.messages import GenerationSpec, Sampling, Turn, drive
 from textrnn.artifact import Artifact, load_artifact
 
 
@@ -38,7 +38,10 @@ def _engine(artifact: Artifact, max_active: int = 64, chunk: int = 128,
 def _spec(artifact: Artifact, id: int, prompt: str = "ROMEO:", n: int = 40, **kwargs: Any
           ) -> GenerationSpec:
     ids = tuple(artifact.tokenizer.encode(prompt, add_special_tokens=False).ids)
-    return GenerationSpec(id, ids, n, **({"temperature": 0.9, "seed": id} | kwargs))
+    spec_fields = {k: kwargs.pop(k) for k in ("seed", "enqueued", "deadline", "group", "tenant")
+                   if k in kwargs}
+    sampling = Sampling(n, **({"temperature": 0.9} | kwargs))
+    return GenerationSpec(id, ids, sampling, **({"seed": id} | spec_fields))
 
 
 def _run(engine: Engine, turns: int = 10_000) -> tuple[dict[int, str], dict[int, str], list[Turn]]:
@@ -253,3 +256,58 @@ def test_drive_lets_held_tokens_go_when_their_time_is_up_even_on_an_empty_turn()
           else [], emit, hold_s=0.01, clock=clock)
     assert [tokens for _, tokens in emitted] == [[5], [6]]  # first at once, then on time
     assert emitted[1][0] - 0.004 < 0.02  # held 0.01 s or a tick more, not until idle
+
+
+def _first_token_turn(turns: list[Turn], request: int) -> int:
+    return next(i for i, t in enumerate(turns) if request in t.requests)
+
+
+def test_a_one_stream_request_gets_a_slot_at_once_beside_a_request_holding_them_all(
+        artifact: Artifact) -> None:
+    """A request of 8 generations holds all 4 slots; a one-generation request arriving later
+    takes a slot in the next turn (a big one's sequence is parked with its state), and every
+    text is the one it makes alone: parking changes when a sequence steps, not what it writes."""
+    alone = {}
+    for i in range(9):
+        engine = _engine(artifact)
+        engine.add(_spec(artifact, i, "ROMEO:" if i < 8 else "JULIET:", 30, group=0 if i < 8 else 1,
+                         top_p=0.9, repetition_penalty=1.2))
+        alone[i] = _run(engine)[0][i]
+    engine = _engine(artifact, max_active=4)
+    for i in range(8):
+        engine.add(_spec(artifact, i, "ROMEO:", 30, group=0, top_p=0.9, repetition_penalty=1.2))
+    early = [engine.turn() for _ in range(3)]
+    assert early[-1].active == 4 and early[-1].waiting == 4
+    engine.add(_spec(artifact, 8, "JULIET:", 30, group=1, top_p=0.9, repetition_penalty=1.2))
+    _, reasons, turns = _run(engine)
+    assert _first_token_turn(turns, 8) == 0  # the turn right after it arrived
+    assert max(max(t.steps, default=0) for t in turns) == 4
+    full = {i: "".join(engine.texts[tok] for t in early + turns
+                       for r, tok in zip(t.requests, t.tokens, strict=True) if r == i)
+            for i in range(9)}
+    assert full == alone
+    assert set(reasons.values()) == {"length"}
+
+
+def test_slots_are_shared_between_senders_before_requests(artifact: Artifact) -> None:
+    """Sender a sends two requests of 4, sender b one of 4, with 4 slots: b holds two of
+    them, as many as a, not one in three."""
+    engine = _engine(artifact, max_active=4)
+    for i in range(12):
+        tenant, group = ("a", 0) if i < 4 else ("a", 1) if i < 8 else ("b", 2)
+        engine.add(_spec(artifact, i, "ROMEO:", 200, group=group, tenant=tenant))
+    turns = [engine.turn() for _ in range(3)]
+    running = set(turns[-1].requests)
+    assert len(running) == 4
+    assert len(running & set(range(8, 12))) == 2  # sender b
+    assert len(running & set(range(4))) == 1 and len(running & set(range(4, 8))) == 1
+
+
+def test_a_request_never_parks_its_own_sequences_for_each_other(artifact: Artifact) -> None:
+    engine = _engine(artifact, max_active=2)
+    for i in range(6):
+        engine.add(_spec(artifact, i, "ROMEO:", 20, group=0))
+    texts, _, turns = _run(engine)
+    # first come first served within one request: 0 and 1 run to their end before 2 starts
+    assert _first_token_turn(turns, 2) > max(i for i, t in enumerate(turns) if 0 in t.requests)
+    assert sorted(texts) == list(range(6))

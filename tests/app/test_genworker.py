@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import httpx
 import pytest
 import torch
 
-from app.generation import transport_kind
+from app.generation.build import transport_kind
 from app.generation.process import ProcessTransport
 from app.generation.service import Generator
 from app.main import create_app
@@ -202,3 +204,14 @@ def test_the_worker_is_never_forked_from_the_server(
         assert r.status_code == 200 and len(r.json()["generated_text"]) == 10
         assert isinstance(generator.transport, ProcessTransport)
         assert generator.transport.pid not in (0, os.getpid())
+
+
+def test_the_worker_module_imports_no_web_stack() -> None:
+    """The generation worker process runs the engine only: importing its module pulls in
+    neither the web framework nor the metrics library nor the settings loader."""
+    code = ("import sys, app.generation.worker; "
+            "print(sorted(m for m in ('fastapi', 'starlette', 'prometheus_client', "
+            "'pydantic_settings', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"

@@ -87,3 +87,34 @@ def test_a_seeded_request_gives_the_same_text_through_every_client(clients_url: 
             "generated_text"],
     }
     assert len(set(texts.values())) == 1, texts
+
+
+def test_hub_chat_completion_without_a_model_is_answered_by_the_default_generator(
+        clients_url: str) -> None:
+    """InferenceClient(base_url=...).chat_completion sends "model": "dummy" (or "tgi"): the
+    default generation model answers, as TGI does, streamed or whole."""
+    client = InferenceClient(base_url=clients_url)
+    messages = [{"role": "user", "content": "Speak, and say where thou art."}]
+    whole = client.chat_completion(messages, max_tokens=12, seed=3, temperature=0.7)
+    assert whole.model == "shakespeare" and whole.created > 0
+    text = whole.choices[0].message.content
+    assert text and whole.usage.completion_tokens <= 12
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat_completion(
+        messages, max_tokens=12, seed=3, temperature=0.7, stream=True) if chunk.choices)
+    assert streamed == text
+
+
+def test_langchain_chat_hugging_face_with_its_defaults(clients_url: str) -> None:
+    """LangChain's ChatHuggingFace over a HuggingFaceEndpoint: it sends "model": "dummy" and
+    its own defaults; it gets the default generation model's answer."""
+    from langchain_core.messages import HumanMessage
+    from langchain_huggingface import ChatHuggingFace
+
+    llm = HuggingFaceEndpoint(endpoint_url=clients_url, max_new_tokens=12, seed=5)  # type: ignore[call-arg]
+    chat = ChatHuggingFace(llm=llm)
+    answer = chat.invoke([HumanMessage(content="Speak, and say where thou art.")])
+    assert isinstance(answer.content, str) and answer.content
+    assert answer.response_metadata["system_fingerprint"].startswith("shakespeare@")
+    streamed = "".join(str(c.content) for c in chat.stream(
+        [HumanMessage(content="Speak, and say where thou art.")]))
+    assert streamed

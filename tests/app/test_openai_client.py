@@ -98,9 +98,14 @@ def test_chat_n_and_logprobs(clients_url: str) -> None:
 
 def test_errors_are_openai_shaped_and_raise_the_sdks_types(clients_url: str) -> None:
     client = _client(clients_url)
+    # A name that is not served is answered by the default generation model, as TGI does.
+    assert client.completions.create(model="nope", prompt="x", max_tokens=2).model == "shakespeare"
+    with pytest.raises(BadRequestError) as classifier:
+        client.completions.create(model="sentiment", prompt="x", max_tokens=2)
+    assert classifier.value.param == "model" and "shakespeare" in classifier.value.message
     with pytest.raises(NotFoundError) as missing:
-        client.completions.create(model="nope", prompt="x", max_tokens=2)
-    assert missing.value.code == "model_not_found" and "shakespeare" in missing.value.message
+        client.models.retrieve("nope")
+    assert missing.value.code == "model_not_found"
     with pytest.raises(BadRequestError) as bad:
         client.completions.create(model="shakespeare", prompt="x", max_tokens=2,
                                   logit_bias={"1": 5})

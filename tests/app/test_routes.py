@@ -4,17 +4,18 @@ import asyncio
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.generation import Generation, TokenEvent
-from app.generation.messages import GenerationSpec
-from app.jobs import collect
+from app.generation.choices import Choices, TokenEvent
+from app.generation.messages import GenerationSpec, Sampling
+from app.jobs import sse_events
 from app.main import create_app
-from app.routes.generate import _event, _stream
+from app.routes.generate import TgiFrames
 from app.schemas import StreamResponse
 from app.settings import Settings
 from textrnn.artifact import load_artifact
@@ -204,32 +205,37 @@ def test_the_classify_fast_path_answers_as_the_route_does(client: TestClient) ->
     assert 'rnn_requests_total{route="/classify",status="422"}' in metrics
 
 
+def _choices(max_new_tokens: int, members: int = 1) -> Choices:
+    """A request's choices with nothing behind them (events are handed in by the test)."""
+    specs = [GenerationSpec(i, (1,), Sampling(max_new_tokens), seed=7 + i) for i in range(members)]
+    return Choices(specs, cancel=lambda _: None, timeout_s=60)
+
+
 def test_hand_written_stream_events_are_the_json_encoders_bytes() -> None:
-    job = _job(5)
-    text: list[str] = []
-    for i, (piece, logprob) in enumerate([('"', -0.25), ("\\", -1e-7), ("\n", float("-inf")),
-                                          ("é", -3.0), ("\u2028", float("nan"))]):
-        text.append(piece)
-        reason = "length" if i == 4 else None
-        line = _event(TokenEvent(i, 40 + i, piece, logprob, reason), job, text)
-        expected = {"index": i, "token": {"id": 40 + i, "text": piece, "logprob": logprob,
-                                          "special": False},
-                    "generated_text": None, "details": None}
-        if reason:
-            expected |= {"generated_text": "".join(text), "details": {
-                "finish_reason": reason, "generated_tokens": 5, "seed": 7, "input_length": 1}}
-        assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
+    async def run() -> None:
+        frames = TgiFrames.of(_choices(5).members[0], "", [])
+        text: list[str] = []
+        for i, (piece, logprob) in enumerate([('"', -0.25), ("\\", -1e-7), ("\n", float("-inf")),
+                                              ("é", -3.0), ("\u2028", float("nan"))]):
+            text.append(piece)
+            reason = "length" if i == 4 else None
+            line = frames.event(TokenEvent(i, 40 + i, piece, logprob, reason))
+            expected = {"index": i, "token": {"id": 40 + i, "text": piece, "logprob": logprob,
+                                              "special": False},
+                        "generated_text": None, "details": None}
+            if reason:
+                expected |= {"generated_text": "".join(text), "details": {
+                    "finish_reason": reason, "generated_tokens": 5, "seed": 7, "input_length": 1}}
+            assert line == f"data: {json.dumps(expected, separators=(',', ':'))}\n\n"
+
+    asyncio.run(run())
 
 
-def _job(max_new_tokens: int) -> Generation:
-    return Generation(GenerationSpec(0, (1,), max_new_tokens, seed=7), cancel_hook=lambda _: None)
-
-
-async def _feed(job: Generation, events: list[TokenEvent], gap_s: float) -> None:
-    """Hand the job its events `gap_s` apart, as the generator does (`Generation.put`)."""
+async def _feed(choices: Choices, events: list[TokenEvent], gap_s: float) -> None:
+    """Hand the request its events `gap_s` apart, as the generator does."""
     for event in events:
         await asyncio.sleep(gap_s)
-        job.put(event)
+        choices.members[0].put(event)
 
 
 @pytest.mark.parametrize("flush_ms", [0, 40, 500])
@@ -239,14 +245,15 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
     own event, in the same bytes as written one per token. The last one is not held back."""
     async def run() -> tuple[list[str], list[float]]:
         loop = asyncio.get_running_loop()
-        job = _job(40)
+        choices = _choices(40)
         events = [TokenEvent(i, 40 + i % 5, "ab"[i % 2], -0.5, "length" if i == 39 else None)
                   for i in range(40)]
-
-        producer = asyncio.create_task(_feed(job, events[1:], 0.002))
+        choices.members[0].put(events[0])
+        producer = asyncio.create_task(_feed(choices, events[1:], 0.002))
         start = loop.time()
         writes, times = [], []
-        async for chunk in _stream(job, events[0], flush_ms / 1000):
+        frames = TgiFrames.of(choices.members[0], "", [])
+        async for chunk in sse_events(choices, flush_ms / 1000, frames, "hf"):
             writes.append(chunk)
             times.append(loop.time() - start)
         await producer
@@ -268,24 +275,24 @@ def test_a_stream_writes_its_first_token_at_once_the_rest_per_flush_interval_and
 
 def test_a_whole_answer_wakes_its_request_once_not_once_per_token() -> None:
     async def run() -> tuple[str, int]:
-        job = _job(30)
+        choices = _choices(30)
         events = [TokenEvent(i, 40, "ab"[i % 2], -0.5, "length" if i == 29 else None)
                   for i in range(30)]
         waits = 0
-        real_get = job.events.get
+        real_wait = choices._wait
 
-        async def counting_get() -> TokenEvent | BaseException:
+        async def counting_wait(*args: Any) -> None:
             nonlocal waits
-            waits += job.events.empty()  # a get that has to wait for its token
-            return await real_get()
-        job.events.get = counting_get  # type: ignore[method-assign]
+            waits += 1
+            await real_wait(*args)
+        choices._wait = counting_wait  # type: ignore[method-assign]
 
-        job.put(events[0])
-        producer = asyncio.create_task(_feed(job, events[1:], 0.001))
-        answer = await collect(job, 5.0)
+        choices.members[0].put(events[0])
+        producer = asyncio.create_task(_feed(choices, events[1:], 0.001))
+        [answer] = await choices.finished()
         await producer
         assert len(answer.events) == 30
         return answer.text, waits
 
     text, waits = asyncio.run(run())
-    assert text == "ab" * 15 and waits == 0
+    assert text == "ab" * 15 and waits == 1

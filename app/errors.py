@@ -23,6 +23,7 @@ __all__ = [
     "ModelNotReady",
     "Overloaded",
     "ServiceError",
+    "StalledClient",
     "Unauthorized",
     "WrongTask",
     "dialect_of",
@@ -39,6 +40,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class StalledClient(Exception):
+    """A write of an answer waited past RNN_SEND_TIMEOUT_S for its client to read: the answer
+    is abandoned (not a ServiceError: nothing can be sent to that client any more)."""
 
 
 class ServiceError(Exception):

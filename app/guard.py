@@ -17,7 +17,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ServiceError, send_error
+from app.errors import ServiceError, StalledClient, send_error
 
 __all__ = ["BodyTimeout", "RequestGuard", "UnsupportedMediaType", "is_json"]
 
@@ -111,6 +111,8 @@ class RequestGuard:
 
         try:
             await self.app(scope, receive_in_time, guarded_send)
+        except StalledClient:
+            raise  # the service middleware ends the answer
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started and not answered:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import torch
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.entry import ModelEntry
 from app.errors import Dialect, InvalidInput, stream_error
@@ -103,7 +104,21 @@ async def sse_events(choices: Choices, flush_s: float,
         choices.close()
 
 
+class _EventStream(StreamingResponse):
+    """A StreamingResponse that closes its events' iterator however the answer ends: when a
+    write fails (a client that stopped reading), the iterator's cleanup (cancelling its
+    generations) runs at once, not whenever the collector finds it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
 def event_stream(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
     """A server-sent events answer."""
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"} | headers)
+    return _EventStream(body, media_type="text/event-stream",
+                        headers={"Cache-Control": "no-cache"} | headers)

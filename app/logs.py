@@ -8,7 +8,7 @@ import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-__all__ = ["REQUEST_ID", "configure_logging", "redact_url"]
+__all__ = ["ANSWER_ABANDONED", "REQUEST_ID", "configure_logging", "redact_url"]
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "app", "textrnn")
@@ -41,6 +41,18 @@ class _RedactFilter(logging.Filter):
         return True
 
 
+# Set in a request's context when its client stopped reading and the middleware ended its
+# answer (logged there, with the reason): uvicorn's own line about the unfinished answer is
+# then expected, not an error.
+ANSWER_ABANDONED: ContextVar[bool] = ContextVar("answer_abandoned", default=False)
+_UNFINISHED = "ASGI callable returned without completing response."
+
+
+class _AbandonedFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _UNFINISHED and ANSWER_ABANDONED.get())
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record."""
 
@@ -59,6 +71,7 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
     handler.set_name("textrnn")
     handler.addFilter(_RequestIdFilter())
     handler.addFilter(_RedactFilter())
+    handler.addFilter(_AbandonedFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     for name in _LOGGERS:

@@ -7,6 +7,8 @@ and answers every other request (measured by `bench/asgi.py`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 import uuid
@@ -15,7 +17,15 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, Forbidden, ModelNotReady, ServiceError, Unauthorized, send_error
+from app.errors import (
+    BodyTooLarge,
+    Forbidden,
+    ModelNotReady,
+    ServiceError,
+    StalledClient,
+    Unauthorized,
+    send_error,
+)
 from app.keys import (
     ADMIN_SCOPE_KEY,
     TENANT_SCOPE_KEY,
@@ -24,11 +34,13 @@ from app.keys import (
     matches_any,
     tenant_digest,
 )
-from app.logs import REQUEST_ID
+from app.logs import ANSWER_ABANDONED, REQUEST_ID
 from app.metrics import REQUEST_DURATION, REQUESTS
 from app.settings import Settings
 
 __all__ = ["ServiceMiddleware", "is_public"]
+
+log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC = frozenset({"/health", "/health/live", "/health/ready", "/docs", "/redoc",
@@ -98,6 +110,7 @@ class ServiceMiddleware:
         refused = False
         seen = 0
         limit = self.settings.max_body_bytes
+        send_timeout = self.settings.send_timeout_s
 
         async def send_wrapped(message: Message) -> None:
             nonlocal status
@@ -108,7 +121,14 @@ class ServiceMiddleware:
                 out = MutableHeaders(scope=message)
                 out["X-Request-Id"] = request_id
                 out["X-Content-Type-Options"] = "nosniff"
-            await send(message)
+            try:
+                async with asyncio.timeout(send_timeout):
+                    await send(message)
+            except TimeoutError:
+                # A client that does not read: its answer stops here (a stream's generation
+                # is cancelled as its iterator closes) and uvicorn closes the connection.
+                raise StalledClient(f"the client took no part of its answer for "
+                                    f"{send_timeout:g} s (RNN_SEND_TIMEOUT_S)") from None
 
         async def receive_limited() -> Message:
             nonlocal seen, refused
@@ -129,6 +149,9 @@ class ServiceMiddleware:
                   or _preflight(scope, self.settings)
                   or await self._admit(scope, headers, send_wrapped)):
                 await self.app(scope, receive_limited, send_wrapped)
+        except StalledClient as e:
+            ANSWER_ABANDONED.set(True)
+            log.info("%s; its answer is dropped and the connection closed", e)
         finally:
             route: Any = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"

@@ -26,6 +26,8 @@ from app.settings import load_settings
 __all__ = ["Supervisor", "answers", "link_models", "main", "port_taken", "prepare_metrics_dir"]
 
 log = logging.getLogger("uvicorn.error")
+# uvicorn's HTTP protocol with the head, time and connection limits (app/connections.py).
+PROTOCOL = "app.connections:Protocol"
 
 
 def answers(process: Process, timeout: float, interrupt: socket.socket | None = None
@@ -184,12 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         prepare_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     try:
         if args.workers == 1:
-            uvicorn.run("app.main:app", host=args.host, port=args.port,
+            uvicorn.run("app.main:app", host=args.host, port=args.port, http=PROTOCOL,
                         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
                         log_level=args.log_level)
         else:
             config = uvicorn.Config("app.main:app", host=args.host, port=args.port,
-                                    workers=args.workers,
+                                    http=PROTOCOL, workers=args.workers,
                                     timeout_graceful_shutdown=args.timeout_graceful_shutdown,
                                     timeout_worker_healthcheck=args.worker_start_timeout,
                                     log_level=args.log_level)

@@ -36,7 +36,28 @@ class Settings(BaseSettings):
         16384, ge=1, description="Budget of one generation request: prompts x choices "
         "(n, best_of) x max tokens. The default is a quarter of what 64 slots generate in "
         "1,024 steps, so one request cannot claim the service.")
+    max_request_chars: int = Field(
+        65_536, ge=1, description="Budget of one /classify or /score request: the characters "
+        "of all its texts. Its work is read in pieces of at most RNN_MAX_BATCH_CHARS, taken in "
+        "turn with other requests', so a long request delays a short one by one piece.")
+    max_batch_chars: int = Field(
+        8192, ge=1, description="Characters per classify or score batch (a longer text is "
+        "a batch of its own): what one batch holds the model's thread for.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_header_bytes: int = Field(
+        32_768, ge=1024, le=1 << 24, description="Largest request head (request line and "
+        "headers); a larger one gets 431 and the connection is closed.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Time a connection has to send a complete request "
+        "head, from its opening or its first byte; a partial head then gets 408, a silent "
+        "connection is closed.")
+    max_connections: int = Field(
+        2048, ge=16, description="Open connections per server process; one more takes the "
+        "place of the oldest with no request in flight, or gets 503 when all are busy.")
+    send_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait for a client to take a write of its "
+        "answer (a stream nobody reads); its request is then cancelled and the connection "
+        "closed.")
     body_timeout_s: float = Field(
         30.0, gt=0, le=3600,
         description="Time from a request's headers to the end of its body; a body still "

@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.connections import protocol_for
 from app.main import create_app
 from app.settings import Settings
 
@@ -30,8 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def running_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 (free port); yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    """Serve `app` with uvicorn on 127.0.0.1 (free port), with the service's HTTP protocol
+    and the app's limits; yield its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                            http=protocol_for(app.state.settings))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -159,7 +162,8 @@ def server_process(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host",
-                             "127.0.0.1", "--port", str(port)], cwd=ROOT, env=os.environ | env,
+                             "127.0.0.1", "--port", str(port), "--http", "app.connections:Protocol"],
+                            cwd=ROOT, env=os.environ | env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,12 +1,17 @@
-"""Dynamic micro-batching for classification and scoring.
+"""Dynamic micro-batching for classification and scoring, shared fairly between requests.
 
 Requests wait in a bounded queue per model. Whenever the inference worker is free, the
-collector takes everything waiting (up to `max_batch_size` texts) and runs it as one batch in
-the model's inference thread. A lone request never waits for company; batches form from the
-requests that arrive while the worker is busy. `max_wait_ms` may hold a batch open a little
-longer to fill it.
+collector takes what is waiting (up to `max_batch_size` texts and `max_batch_cost`
+characters) and runs it as one batch in the model's inference thread. A lone request never
+waits for company; batches form from the requests that arrive while the worker is busy.
+`max_wait_ms` may hold a batch open a little longer to fill it.
 
-A batch that raises is run again member by member, so that one request's input fails that
+A request larger than one batch is read in pieces, one batch at a time, so it holds the
+thread for one batch's time at most before others are served: requests that have not
+started go first, in arrival order, then the unfinished ones in turn. A request whose client
+went away is dropped with the pieces it has not run.
+
+A batch that raises is run again piece by piece, so that one request's input fails that
 request alone: it gets a 422 when the others in its batch were served, and every other
 member gets its answer.
 """
@@ -33,26 +38,49 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending(Generic[T, R]):
     items: Sequence[T]
     future: asyncio.Future[list[R]]
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     request_id: str = field(default_factory=REQUEST_ID.get)  # for the log lines about it
+    results: list[R | None] = field(default_factory=list)
+    taken: int = 0  # items handed to batches so far
+    done: int = 0  # items with their results
+
+    @property
+    def started(self) -> bool:
+        return self.taken > 0
+
+
+@dataclass
+class _Piece(Generic[T, R]):
+    """Items [start, end) of a request, run in one batch."""
+
+    pending: _Pending[T, R]
+    start: int
+    end: int
+
+    @property
+    def items(self) -> Sequence[T]:
+        return self.pending.items[self.start:self.end]
 
 
 class BatchEngine(Generic[T, R]):
     """Collects items from concurrent requests into batches for `run_batch`.
 
     `run_batch(items) -> results` runs in `executor` (one thread per model), one result per
-    item, in order. When it raises, each request of the batch is run alone, and only a
-    request that fails alone fails.
+    item, in order. `cost(item)` (characters) bounds a batch with `max_batch_cost`; an item
+    over it alone is a batch of its own. When a batch raises, each of its pieces is run alone,
+    and only a request whose piece fails alone fails.
     """
 
     def __init__(self, name: str, run_batch: Callable[[list[T]], list[R]],
                  executor: ThreadPoolExecutor, max_batch_size: int, max_queue: int,
-                 max_wait_ms: float = 0.0, timeout_s: float = 60.0) -> None:
+                 max_wait_ms: float = 0.0, timeout_s: float = 60.0,
+                 cost: Callable[[T], int] = lambda _: 1,
+                 max_batch_cost: float = float("inf")) -> None:
         self.name = name
         self.run_batch = run_batch
         self.executor = executor
@@ -60,10 +88,13 @@ class BatchEngine(Generic[T, R]):
         self.max_queue = max_queue
         self.max_wait_s = max_wait_ms / 1000
         self.timeout_s = timeout_s
+        self.cost = cost
+        self.max_batch_cost = max_batch_cost
         self.batches_run = 0
-        self.batches_split = 0  # batches that raised and were run again member by member
+        self.batches_split = 0  # batches that raised and were run again piece by piece
         self.running = False
-        self._waiting: deque[_Pending[T, R]] = deque()
+        self._fresh: deque[_Pending[T, R]] = deque()  # not started: first come, first served
+        self._unfinished: deque[_Pending[T, R]] = deque()  # started, more to run: in turn
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,82 +107,104 @@ class BatchEngine(Generic[T, R]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while self._waiting:
-            pending = self._waiting.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(Overloaded(f"model '{self.name}' is shutting down"))
+        for line in (self._fresh, self._unfinished):
+            while line:
+                pending = line.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        Overloaded(f"model '{self.name}' is shutting down"))
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the worker."""
-        return len(self._waiting)
+        """Requests waiting for the worker (whole, or the rest of them)."""
+        return len(self._fresh) + len(self._unfinished)
+
+    def _gauge(self) -> None:
+        QUEUE_DEPTH.labels(self.name).set(self.depth)
 
     def submit(self, items: Sequence[T]) -> asyncio.Future[list[R]]:
         """Queue the items of one request; the future gives their results. Cancelling it
-        drops the request if it has not been taken into a batch yet.
+        drops the request with the pieces it has not run.
 
         A future with callbacks rather than a coroutine: no task, no `wait_for` per request,
-        just one timer for the deadline (504 when still queued at it)."""
-        if len(self._waiting) >= self.max_queue:
+        just one timer for the deadline (504 when it has not started by then)."""
+        if self.depth >= self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting; retry later")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        pending: _Pending[T, R] = _Pending(items, loop.create_future(), now, now + self.timeout_s)
-        self._waiting.append(pending)
-        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        pending: _Pending[T, R] = _Pending(items, loop.create_future(), now, now + self.timeout_s,
+                                           results=[None] * len(items))
+        self._fresh.append(pending)
+        self._gauge()
         self._wakeup.set()
         timer = loop.call_later(self.timeout_s, self._expire, pending)
 
         def settled(future: asyncio.Future[list[R]]) -> None:
             timer.cancel()
-            if future.cancelled() and pending in self._waiting:  # the client went away
-                self._waiting.remove(pending)
-                QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+            if future.cancelled():  # the client went away: what it has not run is dropped
+                for line in (self._fresh, self._unfinished):
+                    if pending in line:
+                        line.remove(pending)
+                self._gauge()
 
         pending.future.add_done_callback(settled)
         return pending.future
 
     def _expire(self, pending: _Pending[T, R]) -> None:
-        """The deadline passed: fail the request if it is still queued (a running one's
-        answer is moments away and is kept)."""
-        if pending in self._waiting and not pending.future.done():
-            self._waiting.remove(pending)
-            QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        """The deadline passed: fail the request if it has not started (a started one is
+        being served, a batch at a time, and is kept)."""
+        if pending in self._fresh and not pending.future.done():
+            self._fresh.remove(pending)
+            self._gauge()
             pending.future.set_exception(DeadlineExceeded(
                 f"request waited {self.timeout_s:g} s for the model, its deadline "
                 "(RNN_REQUEST_TIMEOUT_S)"))
 
-    def _take(self) -> list[_Pending[T, R]]:
-        taken: list[_Pending[T, R]] = []
-        count = 0
+    def _take(self) -> list[_Piece[T, R]]:
+        """The next batch: requests not yet started first, then the unfinished in turn, each
+        giving what fits of its remaining items."""
+        pieces: list[_Piece[T, R]] = []
+        count = cost = 0
         now = time.monotonic()
-        while self._waiting:
-            head = self._waiting[0]
-            if taken and count + len(head.items) > self.max_batch_size:
-                break
-            self._waiting.popleft()
-            if head.future.done():
-                continue
-            if now > head.deadline:
-                head.future.set_exception(DeadlineExceeded(
-                    f"request waited {now - head.enqueued:.1f} s, over the "
-                    f"{self.timeout_s:g} s deadline"))
-                continue
-            QUEUE_WAIT.labels(self.name).observe(now - head.enqueued)
-            taken.append(head)
-            count += len(head.items)
-        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
-        return taken
+        for line in (self._fresh, self._unfinished):
+            for _ in range(len(line)):
+                if count >= self.max_batch_size or cost >= self.max_batch_cost:
+                    break
+                pending = line.popleft()
+                if pending.future.done():
+                    continue
+                if not pending.started:
+                    if now > pending.deadline:
+                        pending.future.set_exception(DeadlineExceeded(
+                            f"request waited {now - pending.enqueued:.1f} s, over the "
+                            f"{self.timeout_s:g} s deadline"))
+                        continue
+                    QUEUE_WAIT.labels(self.name).observe(now - pending.enqueued)
+                start = end = pending.taken
+                while end < len(pending.items) and count < self.max_batch_size:
+                    weight = self.cost(pending.items[end])
+                    if count and cost + weight > self.max_batch_cost:
+                        break
+                    count, cost, end = count + 1, cost + weight, end + 1
+                if end == start:  # no room left in this batch: first in its line next time
+                    line.appendleft(pending)
+                    break
+                pending.taken = end
+                pieces.append(_Piece(pending, start, end))
+                if end < len(pending.items):
+                    self._unfinished.append(pending)
+        self._gauge()
+        return pieces
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._waiting:
+            if not self.depth:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self.max_wait_s > 0:
                 opened = time.monotonic()
-                while (sum(len(p.items) for p in self._waiting) < self.max_batch_size
+                while (sum(len(p.items) for p in self._fresh) < self.max_batch_size
                        and time.monotonic() - opened < self.max_wait_s):
                     self._wakeup.clear()
                     remaining = self.max_wait_s - (time.monotonic() - opened)
@@ -162,7 +215,7 @@ class BatchEngine(Generic[T, R]):
             batch = self._take()
             if not batch:
                 continue
-            items = [item for pending in batch for item in pending.items]
+            items = [item for piece in batch for item in piece.items]
             BATCH_SIZE.labels(self.name).observe(len(items))
             self.batches_run += 1
             self.running = True
@@ -170,48 +223,59 @@ class BatchEngine(Generic[T, R]):
                 results = await loop.run_in_executor(self.executor, self.run_batch, items)
             except Exception as exc:  # a failing batch fails no request yet, nor the collector
                 if len(batch) == 1:  # alone already: the route logs it with its request id
-                    _settle(batch[0], exc)
+                    _settle(batch[0].pending, exc)
                 else:
                     await self._run_alone(batch, exc)
                 continue
             finally:
                 self.running = False
             start = 0
-            for pending in batch:
-                end = start + len(pending.items)
-                _settle(pending, results[start:end])
+            for piece in batch:
+                end = start + len(piece.items)
+                _deliver(piece, results[start:end])
                 start = end
 
-    async def _run_alone(self, batch: list[_Pending[T, R]], exc: Exception) -> None:
-        """Run each request of a batch that raised `exc` on its own. One that fails alone while
+    async def _run_alone(self, batch: list[_Piece[T, R]], exc: Exception) -> None:
+        """Run each piece of a batch that raised `exc` on its own. One that fails alone while
         another succeeds is at fault by its input (422); when all fail, the fault is the
         server's and each gets its own exception (500)."""
         self.batches_split += 1
         _log_for(batch, logging.WARNING, "batch of %d requests failed on model %s (%s); running "
                  "each alone", len(batch), self.name, type(exc).__name__, exc_info=exc)
         loop = asyncio.get_running_loop()
-        failed: list[tuple[_Pending[T, R], Exception]] = []
+        failed: list[tuple[_Piece[T, R], Exception]] = []
         served = False
-        for pending in batch:
-            if pending.future.done():  # the client went away meanwhile
+        for piece in batch:
+            if piece.pending.future.done():  # the client went away meanwhile
                 continue
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch,
-                                                     list(pending.items))
+                                                     list(piece.items))
             except Exception as error:
-                failed.append((pending, error))
+                failed.append((piece, error))
             else:
                 served = True
-                _settle(pending, results)
-        for pending, alone in failed:
+                _deliver(piece, results)
+        for piece, alone in failed:
             if not served:  # a server fault: the route logs it, with its traceback, as a 500
-                _settle(pending, alone)
+                _settle(piece.pending, alone)
                 continue
-            _log_for([pending], logging.WARNING, "request failed alone on model %s; answered 422",
+            _log_for([piece], logging.WARNING, "request failed alone on model %s; answered 422",
                      self.name, exc_info=alone)
-            _settle(pending, InvalidInput(
+            _settle(piece.pending, InvalidInput(
                 f"model '{self.name}' could not process the inputs of this request "
                 f"({type(alone).__name__}); the other requests of its batch were served"))
+
+
+def _deliver(piece: _Piece[T, R], results: list[R]) -> None:
+    """A piece's results into its request; the request's answer once every piece is in."""
+    pending = piece.pending
+    if pending.future.done():
+        return
+    pending.results[piece.start:piece.end] = results
+    pending.done += len(results)
+    if pending.done == len(pending.items):
+        pending.future.set_result(pending.results)  # type: ignore[arg-type]
 
 
 def _settle(pending: _Pending[T, R], outcome: list[R] | Exception) -> None:
@@ -224,10 +288,10 @@ def _settle(pending: _Pending[T, R], outcome: list[R] | Exception) -> None:
         pending.future.set_result(outcome)
 
 
-def _log_for(batch: list[_Pending[T, R]], level: int, msg: str, *args: object,
+def _log_for(batch: list[_Piece[T, R]], level: int, msg: str, *args: object,
              exc_info: BaseException) -> None:
     """Log a line under the request ids of `batch` (the collector runs outside any request)."""
-    token = REQUEST_ID.set(",".join(p.request_id for p in batch))
+    token = REQUEST_ID.set(",".join(p.pending.request_id for p in batch))
     try:
         log.log(level, msg, *args, exc_info=exc_info)
     finally:

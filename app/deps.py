@@ -11,7 +11,7 @@ from starlette.types import Receive
 
 from app.errors import ClientGone, InvalidInput
 from app.keys import TENANT_SCOPE_KEY
-from app.limits import check_chars
+from app.limits import check_chars, request_chars
 from app.registry import Registry
 from app.settings import Settings
 
@@ -43,6 +43,7 @@ def check_texts(inputs: str | list[str], settings: Settings, field: str = "input
                            "(RNN_MAX_INPUTS)")
     for i, text in enumerate(texts):
         check_chars(text, settings, field if isinstance(inputs, str) else f"{field}[{i}]")
+    request_chars(settings, texts, field)
     return texts
 
 

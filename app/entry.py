@@ -78,12 +78,12 @@ class ModelEntry:
         if self.artifact.task == "classification":
             self.classify = BatchEngine(self.name, classify_batch(self.artifact), self.executor,
                                         s.max_batch_size, s.max_queue, s.max_wait_ms,
-                                        s.request_timeout_s)
+                                        s.request_timeout_s, len, s.max_batch_chars)
             self.classify.start()
         else:
             self.score = BatchEngine(self.name, score_batch(self.artifact), self.executor,
                                      s.max_batch_size, s.max_queue, s.max_wait_ms,
-                                     s.request_timeout_s)
+                                     s.request_timeout_s, len, s.max_batch_chars)
             self.score.start()
             self.generator = make_generator(self.artifact, self.folder, device, s)
             await self.generator.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from app.errors import InvalidInput
 from app.settings import Settings
 
-__all__ = ["check_chars", "new_tokens", "request_cost"]
+__all__ = ["check_chars", "new_tokens", "request_chars", "request_cost"]
 
 
 def check_chars(text: str, settings: Settings, field: str) -> None:
@@ -35,3 +35,14 @@ def request_cost(settings: Settings, prompts: int, choices: int, tokens: int, fi
             f"tokens = {cost} tokens; the budget per request is {settings.max_request_tokens} "
             f"(RNN_MAX_REQUEST_TOKENS): send fewer prompts or choices, or a smaller {field}",
             param=field)
+
+
+def request_chars(settings: Settings, texts: list[str], field: str) -> None:
+    """`InvalidInput` when the texts of a /classify or /score request have more characters
+    in all than RNN_MAX_REQUEST_CHARS."""
+    total = sum(len(t) for t in texts)
+    if total > settings.max_request_chars:
+        raise InvalidInput(
+            f"{field} holds {total} characters in all; the budget per request is "
+            f"{settings.max_request_chars} (RNN_MAX_REQUEST_CHARS): send the texts in several "
+            "requests", param=field)

@@ -1,0 +1,205 @@
+"""The classify/score batch engine with a fake batch function: each request gets its own
+rows, a large request is read in pieces taken in turn with newer requests, a request whose
+client left stops, a piece that fails alone fails its request only; and over HTTP, the
+per-request character budget at its value and one past, and a maximal /score next to a
+light client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.batching import BatchEngine
+from app.errors import InvalidInput
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import running_server
+
+
+class _Recorder:
+    """A batch function that records its batches and answers each item with its own row."""
+
+    def __init__(self, pause_s: float = 0.0, bad: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.pause_s, self.bad = pause_s, bad
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        time.sleep(self.pause_s)
+        if self.bad is not None and self.bad in items:
+            raise ValueError("cannot read this one")
+        return [f"row:{item}" for item in items]
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(1)
+    yield pool
+    pool.shutdown()
+
+
+def _engine(run: _Recorder, executor: ThreadPoolExecutor, max_cost: float = float("inf"),
+            max_batch_size: int = 64) -> BatchEngine[str, str]:
+    return BatchEngine("m", run, executor, max_batch_size, 100, cost=len, max_batch_cost=max_cost)
+
+
+def test_each_request_gets_its_own_rows_from_a_shared_batch(
+        executor: ThreadPoolExecutor) -> None:
+    run = _Recorder(pause_s=0.05)
+
+    async def go() -> list[list[str]]:
+        engine = _engine(run, executor)
+        engine.start()
+        first = engine.submit(["a"])  # runs alone; the next three gather meanwhile
+        await asyncio.sleep(0.01)
+        rest = [engine.submit([f"{r}{i}" for i in range(r + 1)]) for r in range(3)]
+        out = await asyncio.gather(first, *rest)
+        await engine.stop()
+        return out
+
+    out = asyncio.run(go())
+    assert out == [["row:a"], ["row:00"], ["row:10", "row:11"], ["row:20", "row:21", "row:22"]]
+    assert run.batches == [["a"], ["00", "10", "11", "20", "21", "22"]]
+
+
+def test_a_large_request_is_read_in_pieces_and_a_newer_one_goes_next(
+        executor: ThreadPoolExecutor) -> None:
+    """Ten texts of 5 characters with 12 per batch: pieces of two; a short request sent while
+    the first piece runs is in the next batch, not after the last piece."""
+    run = _Recorder(pause_s=0.05)
+
+    async def go() -> tuple[list[str], list[str]]:
+        engine = _engine(run, executor, max_cost=12)
+        engine.start()
+        big = engine.submit([f"big{i:02d}" for i in range(10)])
+        await asyncio.sleep(0.02)  # the first piece is running
+        small = engine.submit(["hi"])
+        out = await asyncio.gather(big, small)
+        await engine.stop()
+        return out[0], out[1]
+
+    big, small = asyncio.run(go())
+    assert big == [f"row:big{i:02d}" for i in range(10)] and small == ["row:hi"]
+    assert run.batches[0] == ["big00", "big01"]
+    assert run.batches[1] == ["hi", "big02", "big03"]  # the newcomer first, then the rest
+    assert all(sum(map(len, b)) <= 12 for b in run.batches)
+    assert [t for b in run.batches for t in b if t.startswith("big")] == [
+        f"big{i:02d}" for i in range(10)]
+
+
+def test_a_text_over_the_batch_cost_is_a_batch_of_its_own(executor: ThreadPoolExecutor) -> None:
+    run = _Recorder()
+
+    async def go() -> list[str]:
+        engine = _engine(run, executor, max_cost=4)
+        engine.start()
+        out = await engine.submit(["long text", "ab", "cd"])
+        await engine.stop()
+        return out
+
+    assert asyncio.run(go()) == ["row:long text", "row:ab", "row:cd"]
+    assert run.batches == [["long text"], ["ab", "cd"]]
+
+
+def test_a_request_whose_client_left_runs_no_more_pieces(executor: ThreadPoolExecutor) -> None:
+    run = _Recorder(pause_s=0.05)
+
+    async def go() -> None:
+        engine = _engine(run, executor, max_batch_size=2)
+        engine.start()
+        big = engine.submit([str(i) for i in range(20)])
+        await asyncio.sleep(0.07)  # into the second piece
+        big.cancel()
+        await asyncio.sleep(0.2)
+        assert engine.depth == 0
+        await engine.stop()
+
+    asyncio.run(go())
+    assert len(run.batches) <= 3  # of ten
+
+
+def test_a_piece_that_fails_alone_fails_its_request_only(executor: ThreadPoolExecutor) -> None:
+    run = _Recorder(pause_s=0.05, bad="poison")
+
+    async def go() -> list[object]:
+        engine = _engine(run, executor)
+        engine.start()
+        first = engine.submit(["warm"])
+        await asyncio.sleep(0.01)
+        good = engine.submit(["fine", "also fine"])
+        bad = engine.submit(["poison"])
+        out = await asyncio.gather(first, good, bad, return_exceptions=True)
+        await engine.stop()
+        return out
+
+    first, good, bad = asyncio.run(go())
+    assert first == ["row:warm"] and good == ["row:fine", "row:also fine"]
+    assert isinstance(bad, InvalidInput)
+
+
+@pytest.mark.parametrize("route", ["/classify", "/score"])
+def test_the_character_budget_at_its_value_and_one_past(models_dir: Path, route: str) -> None:
+    app = create_app(Settings(models_dir=models_dir, max_request_chars=100, max_input_chars=60))
+    with TestClient(app) as client:
+        assert client.post(route, json={"inputs": ["a" * 50, "b" * 50]}).status_code == 200
+        refused = client.post(route, json={"inputs": ["a" * 50, "b" * 51]})
+    assert refused.status_code == 422
+    assert "101 characters" in refused.text and "RNN_MAX_REQUEST_CHARS" in refused.text
+
+
+@contextmanager
+def _slowed_per_char(engine: Any, seconds: float) -> Iterator[None]:
+    """Make a batch take `seconds` longer per character, as a bigger model's would."""
+    real = engine.run_batch
+
+    def slow(items: list[str]) -> Any:
+        time.sleep(seconds * sum(map(len, items)))
+        return real(items)
+    engine.run_batch = slow
+    try:
+        yield
+    finally:
+        engine.run_batch = real
+
+
+def test_a_maximal_score_shares_the_model_with_a_light_client(models_dir: Path) -> None:
+    """64 texts of 1,000 characters at 2,000 characters per batch, 50 us per character: 32
+    batches of 0.1 s (3.2 s in all). A short /score sent meanwhile waits for one batch, not
+    for all of them; and when the large request's client leaves, its remaining pieces are
+    not run."""
+    app = create_app(Settings(models_dir=models_dir, max_batch_chars=2000))
+    with running_server(app) as url:
+        engine = app.state.registry.get("shakespeare", "score").score
+        with _slowed_per_char(engine, 50e-6):
+            def big() -> None:
+                try:
+                    httpx.post(f"{url}/score", json={"inputs": ["to be or not " * 77] * 64},
+                               timeout=1.5)
+                except httpx.TimeoutException:
+                    pass  # the client leaves
+
+            attacker = threading.Thread(target=big)
+            attacker.start()
+            time.sleep(0.3)
+            latencies = []
+            for _ in range(3):
+                started = time.perf_counter()
+                answer = httpx.post(f"{url}/score", json={"inputs": "ROMEO:"}, timeout=10)
+                latencies.append(time.perf_counter() - started)
+                assert answer.status_code == 200
+            attacker.join()
+            time.sleep(0.2)
+            ran = engine.batches_run
+            time.sleep(0.5)
+            assert engine.batches_run == ran  # its client left: no more of its pieces
+    assert max(latencies) < 0.6, latencies  # one batch of the other's, then its own

@@ -41,6 +41,7 @@ class ModelEntry:
     generator: Generator | None = None
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     fingerprint: str = ""
+    reload_error: str | None = None  # why the folder's newer version failed to replace this
 
     def load(self, device: torch.device, weights: str = "float32") -> None:
         """Load and warm up the folder (blocking); a failure is recorded, never raised.
@@ -122,6 +123,10 @@ class ModelEntry:
         out: dict[str, Any] = {"name": self.name, "status": self.status}
         if self.error:
             out["reason"] = self.error
+        if self.reload_error:
+            out["reload_error"] = self.reload_error
+        if self.generator is not None and self.generator.restarting:
+            out["generation"] = f"restarting: {self.generator.lost_reason}"
         if self.artifact is not None:
             cfg = self.artifact.config
             out |= {"task": self.artifact.task, "architecture": cfg["architecture"],

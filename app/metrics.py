@@ -22,6 +22,7 @@ __all__ = [
     "MODEL_READY",
     "QUEUE_DEPTH",
     "QUEUE_WAIT",
+    "RELOAD_FAILURES",
     "REQUESTS",
     "REQUEST_DURATION",
     "TIME_TO_FIRST_TOKEN",
@@ -48,6 +49,9 @@ TIME_TO_FIRST_TOKEN = Histogram("rnn_time_to_first_token_seconds", "Time to firs
                                 ["model"], buckets=_LATENCY)
 MODEL_READY = Gauge("rnn_model_ready", "1 when the model serves", ["model"],
                     multiprocess_mode="livemin")
+RELOAD_FAILURES = Counter("rnn_model_reload_failures_total",
+                          "Reloads whose new version of a model failed (the old one serves on)",
+                          ["model"])
 
 # A value file is named `<kind>_<pid>.db`; the pid says which process wrote it.
 _PID = re.compile(r"_(\d+)\.db$")

@@ -13,7 +13,7 @@ import torch
 from app.device import resolve_device
 from app.entry import ModelEntry, fingerprint
 from app.errors import ModelNotFound, ModelNotReady, WrongTask
-from app.metrics import MODEL_READY
+from app.metrics import MODEL_READY, RELOAD_FAILURES
 from app.settings import Settings
 
 __all__ = ["SHIPPED_DEFAULTS", "Registry", "pick_default", "resolve_device"]
@@ -90,7 +90,21 @@ class Registry:
             for entry in fresh.values():
                 await asyncio.to_thread(entry.load, self.device, self.settings.weights)
                 await entry.start(self.settings, self.device)
-            kept = [n for n in folders if n not in fresh]
+            # A new version that fails never replaces one that serves: the old one goes on
+            # answering, and the failure is reported (log, /models, metric) until a later
+            # reload succeeds. A folder caught half-written is retried at the next reload.
+            held = sorted(n for n, e in fresh.items()
+                          if e.status != "ready" and n in current and current[n].status == "ready")
+            for name in held:
+                failed = fresh.pop(name)
+                current[name].reload_error = failed.error
+                RELOAD_FAILURES.labels(name).inc()
+                MODEL_READY.labels(name).set(1)
+                log.error("model %s: the new version in %s failed (%s); the version loaded "
+                          "before goes on serving", name, failed.folder, failed.error)
+            kept = [n for n in folders if n not in fresh and n not in held]
+            for name in kept:  # as it was when it loaded: nothing left to report
+                current[name].reload_error = None
             self.entries = {name: fresh.get(name) or current[name] for name in sorted(folders)}
             for name in current.keys() - folders.keys():  # a removed model has no readiness
                 MODEL_READY.remove(name)
@@ -103,7 +117,8 @@ class Registry:
             report = {"loaded": sorted(n for n, e in fresh.items() if e.status == "ready"),
                       "kept": sorted(kept),
                       "removed": sorted(n for n in current if n not in folders),
-                      "failed": sorted(n for n, e in fresh.items() if e.status != "ready")}
+                      "failed": sorted([*held, *(n for n, e in fresh.items() if e.status != "ready")]),
+                      "failed_kept_serving": held}
             log.info("reload: %s", report)
             return report
 

@@ -22,6 +22,7 @@ from app.metrics import (
     ACTIVE_SEQUENCES,
     BATCH_SIZE,
     GENERATED_TOKENS,
+    MODEL_READY,
     QUEUE_DEPTH,
     QUEUE_WAIT,
     TIME_TO_FIRST_TOKEN,
@@ -30,6 +31,12 @@ from app.metrics import (
 __all__ = ["GenerationFailed", "Generator", "Transport"]
 
 log = logging.getLogger(__name__)
+
+# Waits before starting a lost engine's replacement: the first, the most, and how long an
+# engine must have run for its loss to start the backoff over.
+RESTART_FIRST_S = 0.1
+RESTART_MAX_S = 30.0
+RESTART_STABLE_S = 30.0
 
 
 class GenerationFailed(Exception):
@@ -63,6 +70,12 @@ class Generator:
         self._ids = itertools.count()
         self._stopping = False
         self._restarting: asyncio.Task[None] | None = None
+        self.restarting = False  # the engine was lost and its replacement is not up yet
+        self.lost_reason = ""
+        self.restarts = 0  # attempts to start a replacement engine
+        self._delay = RESTART_FIRST_S  # the wait before the next replacement
+        self._started_at = 0.0
+        self._wrap_step: StepWrapper | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
 
     @property
@@ -74,11 +87,17 @@ class Generator:
         """Start the transport's engine."""
         self._stopping = False
         self.loop = asyncio.get_running_loop()
+        self._wrap_step = wrap_step
         await self.transport.start(self._on_turn, self._on_lost, wrap_step)
+        self._started_at = time.monotonic()
 
     async def stop(self) -> None:
         """Stop the engine; unfinished requests get a 503."""
         self._stopping = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.gather(self._restarting, return_exceptions=True)
+            self._restarting = None
         await self.transport.stop()
         self._fail_all(Overloaded(f"model '{self.name}' is shutting down"))
 
@@ -94,6 +113,9 @@ class Generator:
         one group the engine shares its slots fairly with. `Overloaded` when they do not all
         fit in the queue (none is queued then)."""
         count = len(prompts) * len(seeds)
+        if self.restarting:  # nothing would take it: refused now, not at its deadline
+            raise Overloaded(f"model '{self.name}' is restarting its generation engine (it "
+                             f"stopped: {self.lost_reason}); retry shortly")
         if self.waiting + count > self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.waiting} generations waiting and "
                              f"takes {self.max_queue} (RNN_MAX_QUEUE); this request adds "
@@ -161,10 +183,37 @@ class Generator:
         """The engine's thread or process ended unasked: fail what it held, start another."""
         if self._stopping:
             return
-        log.error("generation engine of model %s lost (%s); %d requests failed; restarting",
-                  self.name, why, len(self.requests))
+        # An engine that dies soon after it started is likely to again: each quick loss
+        # doubles the wait before the next start (up to RESTART_MAX_S).
+        lived = time.monotonic() - self._started_at
+        self._delay = (RESTART_FIRST_S if lived > RESTART_STABLE_S
+                       else min(self._delay * 2, RESTART_MAX_S))
+        log.error("generation engine of model %s lost (%s) after %.1f s; %d requests failed; "
+                  "restarting in %.1f s", self.name, why, lived, len(self.requests), self._delay)
         self._fail_all(Overloaded(f"model '{self.name}' lost its generation worker; retry"))
-        self._restarting = asyncio.get_running_loop().create_task(self.start())
+        self.restarting, self.lost_reason = True, why
+        MODEL_READY.labels(self.name).set(0)
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        """Start a replacement engine after the backoff, and again (waiting twice as long)
+        until one starts or the generator stops."""
+        while not self._stopping:
+            await asyncio.sleep(self._delay)
+            self.restarts += 1
+            try:
+                await self.start(self._wrap_step)
+            except Exception as e:
+                self._delay = min(self._delay * 2, RESTART_MAX_S)
+                self.lost_reason = f"{self.lost_reason.split('; ')[0]}; restart failed: {e}"
+                log.error("generation engine of model %s did not start (%s); next try in "
+                          "%.1f s", self.name, e, self._delay)
+                continue
+            self.restarting = False
+            MODEL_READY.labels(self.name).set(1)
+            log.info("generation engine of model %s is back", self.name)
+            return
 
     def _fail_all(self, error: BaseException) -> None:
         requests, self.requests = self.requests, {}

@@ -24,6 +24,10 @@ async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
     state = request.app.state
     failed = {e.name: e.error for e in registry.failed()}
     body: dict[str, Any] = {"ready": [e.name for e in registry.ready()], "failed": failed}
+    restarting = {e.name: e.generator.lost_reason for e in registry.ready()
+                  if e.generator is not None and e.generator.restarting}
+    if restarting:  # their scoring serves; their generation is refused (503) till it is back
+        body["restarting"] = restarting
     if state.draining:
         return JSONResponse(body | {"status": "draining"}, status_code=503)
     if not state.loaded or not registry.ready():

@@ -44,7 +44,7 @@ def test_admin_key_opens_admin_routes_only_and_inference_key_gets_403(models_dir
         ok = client.post("/admin/reload", headers=_bearer(ADMIN))
         assert ok.status_code == 200
         assert ok.json() == {"loaded": [], "kept": ["sentiment", "shakespeare"], "removed": [],
-                             "failed": []}
+                             "failed": [], "failed_kept_serving": []}
         forbidden = client.post("/admin/reload", headers=_bearer(INFERENCE))
         assert forbidden.status_code == 403 and "RNN_ADMIN_KEYS" in forbidden.json()["detail"]
         missing = client.post("/admin/reload")

@@ -215,3 +215,46 @@ def test_the_worker_module_imports_no_web_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_a_worker_that_cannot_start_backs_off_and_refuses_at_once(
+        models_dir: Path, tmp_path: Path) -> None:
+    """The worker dies and its model's weights are damaged meanwhile: each new worker fails to
+    load, and the next try waits twice as long; generation requests get 503 at once (not at
+    their deadline), readiness and /models say so, scoring goes on; once the weights are whole
+    again, a worker starts and generation is back."""
+    import shutil
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    app = create_app(Settings(models_dir=root, generation_worker="process"))
+    weights = root / "shakespeare" / "model.safetensors"
+    whole = weights.read_bytes()
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        generator = app.state.registry.get("shakespeare", "generate").generator
+        assert isinstance(generator.transport, ProcessTransport)
+        weights.write_bytes(whole[:100])
+        os.kill(generator.transport.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not generator.restarting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lost = time.monotonic()
+        started = time.perf_counter()
+        refused = http.post("/generate", json=_body(1, 5))
+        assert time.perf_counter() - started < 1.0
+        assert refused.status_code == 503 and "restarting" in refused.json()["error"]
+        assert http.post("/score", json={"inputs": "ROMEO:"}).status_code == 200
+        ready = http.get("/health/ready").json()
+        assert "shakespeare" in ready["restarting"]
+        assert http.get("/models/shakespeare").json()["generation"].startswith("restarting")
+        assert 'rnn_model_ready{model="shakespeare"} 0.0' in http.get("/metrics").text
+        time.sleep(max(0.0, lost + 3.0 - time.monotonic()))
+        # waits of 0.2, 0.4, 0.8, 1.6 s: at most four tries in the first three seconds
+        assert 1 <= generator.restarts <= 4, generator.restarts
+        weights.write_bytes(whole)
+        deadline = time.monotonic() + 30
+        while generator.restarting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not generator.restarting
+        answer = http.post("/generate", json=_body(2, 10))
+        assert answer.status_code == 200 and len(answer.json()["generated_text"]) == 10
+        assert 'rnn_model_ready{model="shakespeare"} 1.0' in http.get("/metrics").text

@@ -271,6 +271,22 @@ def _clip(value: Any, limit: int = 80) -> Any:
     return printable(f"{text[:limit]}... ({len(text)} characters)")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "null"})
+
+
+def _field_path(loc: Any) -> str:
+    """A validation error's location as the client wrote the field: `prompt[1]`,
+    `messages[0].content`; pydantic's union branch tags (`list[str]`, `function-after[...]`)
+    and the `body` prefix left out."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and "[" not in part and "(" not in part and part not in _TYPE_TAGS:
+            out += f".{part}" if out else part
+    return out
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape, with each offending input clipped so a huge value is not echoed."""
     assert isinstance(exc, RequestValidationError)
@@ -278,12 +294,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
               | ({"ctx": {k: str(v) for k, v in err["ctx"].items()}} if "ctx" in err else {})
               for err in exc.errors()]
     # Locations and messages may quote the client's keys and values: escaped too.
-    message = printable("; ".join(
-        f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
-        for err in exc.errors()))
+    message = printable("; ".join(dict.fromkeys(
+        f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors())))
     if dialect_of(request.url.path) == "openai":
         first = exc.errors()[0]["loc"] if exc.errors() else ()
-        param = printable(".".join(str(p) for p in first if p != "body")) or None
+        param = printable(_field_path(first)) or None
         status, body = render(422, message, "openai", param)
         return JSONResponse(body, status_code=status)
     return JSONResponse({"detail": _printable_all(detail), "error": message,

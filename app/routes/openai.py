@@ -227,7 +227,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         raise InvalidInput(f"prompt holds {len(texts)} texts; it takes 1 to {settings.max_inputs} "
                            "(RNN_MAX_INPUTS)", param="prompt")
     prompts = [encode_prompt(entry, t, settings, field="prompt" if len(texts) == 1 and
-                             isinstance(body.prompt, str) else f"prompt.{i}")
+                             isinstance(body.prompt, str) else f"prompt[{i}]")
                for i, t in enumerate(texts)]
     k = body.logprobs
     stop = tuple(body.stops())

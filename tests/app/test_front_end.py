@@ -98,7 +98,7 @@ def test_stop_sequences_at_their_limits_and_one_past(served: Any) -> None:
     assert _tgi(client, 5, stop=[*stops, "y"]).status_code == 422
     assert _v1(client, max_tokens=5, stop=[*stops, "y"]).json()["error"]["param"] == "stop"
     assert _tgi(client, 5, stop=["x" * 65]).status_code == 422
-    assert _v1(client, max_tokens=5, stop="x" * 65).json()["error"]["param"] == "stop.0"
+    assert _v1(client, max_tokens=5, stop="x" * 65).json()["error"]["param"] == "stop[0]"
 
 
 def test_prompts_and_characters_at_their_limits_and_one_past(served: Any) -> None:
@@ -108,7 +108,7 @@ def test_prompts_and_characters_at_their_limits_and_one_past(served: Any) -> Non
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt"
     assert _v1(client, prompt="a" * 50, max_tokens=2).status_code == 200
     refused = _v1(client, prompt=["b", "a" * 51], max_tokens=2)
-    assert refused.json()["error"]["param"] == "prompt.1" and "RNN_MAX_INPUT_CHARS" in refused.text
+    assert refused.json()["error"]["param"] == "prompt[1]" and "RNN_MAX_INPUT_CHARS" in refused.text
     assert client.post("/generate", json={"inputs": "a" * 50}).status_code == 200
     assert client.post("/generate", json={"inputs": "a" * 51}).status_code == 422
     assert client.post("/tokenize", json={"inputs": "a" * 51}).status_code == 422

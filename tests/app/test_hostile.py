@@ -99,8 +99,8 @@ def test_openai_sampling_numbers_are_not_coerced(hostile: TestClient, path: str,
 
 
 @pytest.mark.parametrize(("stop", "param", "says"), [
-    (["a"] * 17, "stop", "at most 16 items"), ("b" * 65, "stop.0", "at most 64 characters"),
-    (["c", ""], "stop.1", "at least 1 character"), (5, "stop", "valid list"),
+    (["a"] * 17, "stop", "at most 16 items"), ("b" * 65, "stop[0]", "at most 64 characters"),
+    (["c", ""], "stop[1]", "at least 1 character"), (5, "stop", "valid list"),
 ])
 def test_openai_stop_limits_name_the_field(hostile: TestClient, stop: Any, param: str,
                                            says: str) -> None:

@@ -5,6 +5,8 @@ and the same number of writes for a stream on either protocol."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +234,40 @@ def test_a_deadline_in_the_queue_is_a_504_on_every_route(models_dir: Path) -> No
         assert tgi.json()["error_type"] == "timeout" and "RNN_REQUEST_TIMEOUT_S" in tgi.text
         assert v1.status_code == v1_stream.status_code == 504
         assert v1.json()["error"]["type"] == "timeout"
+
+
+def test_one_large_request_does_not_starve_a_one_stream_client(models_dir: Path) -> None:
+    """16 prompts x 8 choices x 128 tokens (the whole budget): 128 generations for 64 slots.
+    A client with one stream sent after them gets its first token within a few steps (a
+    running generation of the large request gives up its slot), not when the first 64 end
+    (1.3 s) nor after all 128 (2.6 s)."""
+    app = create_app(Settings(models_dir=models_dir, generation_worker="thread"))
+    with running_server(app) as url:
+        generator = app.state.registry.get("shakespeare", "generate").generator
+        with slowed_steps(generator, 0.01):
+            result: dict[str, Any] = {}
+
+            def hog() -> None:
+                result["hog"] = httpx.post(f"{url}/v1/completions", json={
+                    "model": "shakespeare", "prompt": ["ROMEO:"] * 16, "n": 8,
+                    "max_tokens": 128, "seed": 1}, timeout=60)
+
+            attacker = threading.Thread(target=hog)
+            attacker.start()
+            deadline = time.monotonic() + 10
+            while generator.waiting < 60 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert generator.waiting >= 60  # the slots are full and 64 more wait
+            started = time.perf_counter()
+            with httpx.stream("POST", f"{url}/generate_stream", json={
+                    "inputs": "JULIET:", "parameters": {"max_new_tokens": 8}},
+                    timeout=30) as light:
+                lines = light.iter_lines()
+                first = next(line for line in lines if line.startswith("data:"))
+                waited = time.perf_counter() - started
+                rest = [line for line in lines if line.startswith("data:")]
+            attacker.join()
+    assert json.loads(first[5:])["index"] == 0 and len(rest) == 7
+    assert waited < 0.6, waited
+    hog_answer = result["hog"]
+    assert hog_answer.status_code == 200 and len(hog_answer.json()["choices"]) == 128

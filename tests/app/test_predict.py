@@ -7,6 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,14 +115,15 @@ def test_score_a_tsv_gives_the_servers_score(models_dir: Path, tmp_path: Path,
     assert out[2]["tokens"] == "0" and out[2]["perplexity"] == ""  # one character: no prefix
 
 
+@pytest.mark.parametrize("cut", [12, -3], ids=["row-short-of-fields", "last-field-cut"])
 def test_an_interrupted_run_continues_after_its_whole_rows(
-        models_dir: Path, reviews: Path, caplog: pytest.LogCaptureFixture) -> None:
+        models_dir: Path, reviews: Path, caplog: pytest.LogCaptureFixture, cut: int) -> None:
     assert predict("classify", reviews, "--models-dir", models_dir, "--batch-size", "2") == 0
     output = reviews.with_name("reviews.predictions.csv")
     whole = read_csv(output)
     lines = output.read_text(encoding="utf-8").split("\n")
     # A kill in the middle of a write: three whole rows and part of the fourth.
-    output.write_text("\n".join(lines[:4]) + "\n" + lines[4][:12], encoding="utf-8")
+    output.write_text("\n".join(lines[:4]) + "\n" + lines[4][:cut], encoding="utf-8")
     caplog.set_level(logging.INFO, logger="app.predict")
     assert predict("classify", reviews, "--models-dir", models_dir, "--batch-size", "2") == 0
     assert "continuing after row 3" in caplog.text
@@ -260,3 +265,75 @@ def test_the_console_script_is_python_dash_m_app_predict(tmp_path: Path) -> None
                           timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("none.csv: no such file")
+
+
+WRITTEN = re.compile(r"<!-- written:(?P<path>\S+) -->\n```\w*\n(?P<body>(?:(?!```)[^\n]*\n)*)```\n"
+                     r"<!-- /written -->")
+VOLATILE = {"id", "request_id", "created"}  # new on every run
+
+
+def documented_commands(page: Path) -> list[list[str]]:
+    """The `textrnn-predict` commands of a page's bash blocks."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith(".venv/bin/textrnn-predict "):
+                commands.append(shlex.split(line, comments=True)[1:])
+    return commands
+
+
+def same(documented: Any, actual: Any, key: str = "") -> bool:
+    """Equal, numbers within what float16 weights on another CPU give, run ids aside."""
+    if key in VOLATILE:
+        return True
+    if isinstance(documented, dict) and isinstance(actual, dict):
+        return documented.keys() == actual.keys() and all(
+            same(v, actual[k], k) for k, v in documented.items())
+    if isinstance(documented, list) and isinstance(actual, list):
+        return len(documented) == len(actual) and all(
+            same(a, b) for a, b in zip(documented, actual, strict=True))
+    try:
+        return math.isclose(float(documented), float(actual), rel_tol=1e-3, abs_tol=1e-4)
+    except (TypeError, ValueError):
+        return bool(documented == actual)
+
+
+def shape(message: str) -> str:
+    """A log message with its numbers (figures, times, dates) as N."""
+    return re.sub(r"\d+(?:[.,:-]\d+)*", "N", message)
+
+
+def parsed(path: str, text: str) -> list[Any]:
+    lines = text.splitlines()
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in lines]
+    return list(csv.reader(lines, delimiter="\t" if path.endswith(".tsv") else ","))
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/predict.md"])
+def test_the_documented_commands_write_what_the_page_shows(
+        page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    if not (ROOT / "models" / "sentiment" / "model.safetensors").is_file():
+        pytest.skip("models/ is absent")
+    text = (ROOT / page).read_text(encoding="utf-8")
+    commands = documented_commands(ROOT / page)
+    assert [c[0] for c in commands][:2] == ["classify", "score" if "docs" in page else "batch"]
+    shutil.copytree(ROOT / "data", tmp_path / "data")  # a clone's data/, outputs written there
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="app.predict")
+    for command in commands:
+        assert main([*command, "--threads", "1"]) == 0, shlex.join(command)
+    logged = {shape(r.getMessage()) for r in caplog.records if r.name == "app.predict"}
+    for block in re.findall(r"<!-- logged -->\n```\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            if line != "...":
+                assert shape(line.partition(" [-] ")[2]) in logged, line
+    shown = list(WRITTEN.finditer(text))
+    assert len(shown) == text.count("<!-- written:")
+    for match in shown:
+        path, body = match["path"], match["body"]
+        lines = (tmp_path / path).read_text(encoding="utf-8").splitlines()[:body.count("\n")]
+        documented, actual = parsed(path, body), parsed(path, "\n".join(lines))
+        assert same(documented, actual), (path, actual)

@@ -5,6 +5,7 @@ for bad input."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import math
@@ -172,6 +173,22 @@ def test_bad_input_exits_2_with_one_line_naming_it(
     assert stop.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("textrnn-predict: error: ") and names in last, last
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(
+        models_dir: Path, reviews: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = reviews.with_name(".reviews.predictions.csv.lock")
+    with lock.open("w") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as stop:
+            predict("classify", reviews, "--models-dir", models_dir)
+    assert stop.value.code == 2
+    assert "another run (pid 4242) is writing it" in capsys.readouterr().err
+    assert not reviews.with_name("reviews.predictions.csv").exists()
+    assert predict("classify", reviews, "--models-dir", models_dir) == 0  # once it is gone
+    assert not lock.exists()
 
 
 BATCH = [

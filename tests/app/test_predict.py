@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from app.predict import main
 
@@ -271,6 +272,30 @@ def test_a_batch_run_continues_after_the_lines_written(
     with pytest.raises(SystemExit) as stop:
         predict("batch", source, "--models-dir", models_dir)
     assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def rows_per_step(model: str) -> tuple[float, float]:
+    """(rows, steps) the generation engine of `model` has run in this process so far."""
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(f"rnn_batch_size_{name}", {"model": model}) or 0.0
+    return value("sum"), value("count")
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_batch_run_batches_as_many_requests_as_it_has_in_flight(
+        models_dir: Path, tmp_path: Path, concurrency: int) -> None:
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 16,
+                       "temperature": 0}} for i in range(8)]
+    source = write_batch(tmp_path / "b.jsonl", lines)
+    rows, steps = rows_per_step("shakespeare")
+    assert predict("batch", source, "--models-dir", models_dir,
+                   "--concurrency", str(concurrency)) == 0
+    more_rows, more_steps = rows_per_step("shakespeare")
+    mean = (more_rows - rows) / (more_steps - steps)
+    # One at a time: one row per step. Eight in flight: the engine steps them together (the
+    # first may start alone, before the others arrive).
+    assert mean == 1 if concurrency == 1 else mean > 4
 
 
 def test_the_console_script_is_python_dash_m_app_predict(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from app.registry import Registry, resolve_device
 from app.routes import admin, classify, generate, health, metrics, models, score, tgi
 from app.routes import openai as openai_routes
 from app.routes.docs import install_docs
+from app.routes.inside import install_inside
 from app.routes.playground import install_playground
 from app.settings import Settings, load_settings
 from app.sighup import install_sighup_reload
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_playground(app)
     install_openapi(app, settings)
+    install_inside(app, settings)  # after install_openapi: completes its document
     return app
 
 

@@ -165,7 +165,7 @@ def load_settings() -> Settings:
 
 
 def settings_table() -> str:
-    """The README's settings table, made from the `Settings` fields."""
+    """The settings table of docs/configuration.md, made from the `Settings` fields."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
         default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]

@@ -7,11 +7,11 @@ from pydantic import ValidationError
 
 from app.settings import Settings, settings_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def test_readme_settings_table_is_generated_from_the_class() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_the_documented_settings_table_is_generated_from_the_class() -> None:
+    text = CONFIGURATION.read_text(encoding="utf-8")
     block = text.split("<!-- settings:start -->\n")[1].split("<!-- settings:end -->")[0]
     assert block.strip() == settings_table().strip()
 
@@ -40,7 +40,7 @@ def test_a_bad_setting_stops_the_server_with_a_clear_line() -> None:
 
     env = os.environ | {"RNN_MAX_BATCH_SIZE": "0", "RNN_DEVICE": "tpu"}
     result = subprocess.run([sys.executable, "-c", "import app.main"], env=env,
-                            capture_output=True, text=True, cwd=README.parent)
+                            capture_output=True, text=True, cwd=CONFIGURATION.parents[1])
     assert result.returncode == 2
     assert "invalid setting RNN_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1" \
         in result.stderr

@@ -102,6 +102,9 @@ class ModelEntry:
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self.stop()
+        # A retired entry serves no more: its model and engines are let go at once, whatever
+        # still holds the entry itself (a finished request's frame, a log record).
+        self.artifact = self.classify = self.score = self.generator = self.executor = None
 
     async def stop(self) -> None:
         """Stop the batchers and the scheduler now."""

@@ -181,5 +181,5 @@ def _unit(artifact: Artifact, unit: int, field: str) -> None:
 
 def _rows(values: Tensor) -> list[list[float]]:
     """[T, U] values as rows of floats with 4 decimal places (the JSON stays small)."""
-    rows: list[list[float]] = values.float().cpu().round(decimals=4).tolist()
+    rows: list[list[float]] = values.double().cpu().round(decimals=4).tolist()
     return rows

@@ -243,3 +243,12 @@ def test_the_openapi_document_states_the_limits(client: TestClient) -> None:
             "$ref": "#/components/schemas/ErrorResponse"}
     assert "MEMORY_MAX_VALUES" in spec["paths"]["/inside/memory"]["post"]["description"]
     assert "EXPLAIN_MAX_WORK" in spec["paths"]["/explain"]["post"]["description"]
+
+
+def test_marked_spans_at_their_limit_and_one_past(client: TestClient) -> None:
+    text = "ab" * 65
+    spans = [{"start": 2 * i, "end": 2 * i + 1} for i in range(65)]
+    r = client.post("/inside/units", json={"inputs": text, "spans": spans[:64]})
+    assert r.status_code == 200 and r.json()["inside_steps"] == 64
+    detail = str(_error(client, "/inside/units", {"inputs": text, "spans": spans}))
+    assert "'spans'" in detail and "at most 64 items" in detail

@@ -143,7 +143,19 @@ def test_a_long_prompt_is_read_in_chunks_between_the_running_batchs_steps(
     engine.add(_spec(artifact, 0, n=200))
     engine.turn()  # request 0 prefilled and running
     engine.add(_spec(artifact, 1, prompt, n=20))
-    turns = [engine.turn() for _ in range(10)]
+    read: list[int] = []  # the characters of request 1's prompt the net reads, per turn
+    prefill = engine.net.prefill
+
+    def counting(ids: Any, lengths: Any, state: Any) -> Any:
+        read.extend(lengths.tolist())
+        return prefill(ids, lengths, state)
+
+    engine.net.prefill = counting  # type: ignore[method-assign]
+    try:
+        turns = [engine.turn() for _ in range(10)]
+    finally:
+        del engine.net.prefill  # the shared net's own method again
+    assert read == [100] * 10  # every character once, in chunks of 100
     # Each of the 10 turns steps request 0 once while request 1's prompt is read, 100 at a time;
     # in the last, request 1 samples its first token and takes part in the step.
     assert all(t.requests.count(0) == 1 for t in turns)

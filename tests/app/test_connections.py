@@ -19,7 +19,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import running_server, slowed_steps
+from tests.app.conftest import running_server, server_process, slowed_steps
 
 HEAD_LIMIT = 2048
 
@@ -196,3 +196,18 @@ def test_a_stream_nobody_reads_is_cancelled_after_the_send_timeout(models_dir: P
                 pass
     assert received.startswith(b"HTTP/1.1 200")
     assert len(received) < 64 * 1000 * 200  # far from the whole answer
+
+
+def test_a_bare_uvicorn_named_with_the_protocol_reads_the_limits_from_the_environment(
+        models_dir: Path) -> None:
+    """`uvicorn app.main:app --http app.connections:Protocol`, as the image runs it."""
+    env = {"RNN_MODELS_DIR": str(models_dir), "RNN_MAX_HEADER_BYTES": str(HEAD_LIMIT)}
+    with server_process(env) as (url, proc):
+        with _connect(url) as sock:
+            sock.sendall(_head_of_size(HEAD_LIMIT))
+            assert _answer(sock).startswith(b"HTTP/1.1 200")
+        with _connect(url) as sock:
+            sock.sendall(_head_of_size(HEAD_LIMIT + 1))
+            assert _answer(sock).startswith(b"HTTP/1.1 431")
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -8,8 +8,9 @@ waits for company; batches form from the requests that arrive while the worker i
 
 A request larger than one batch is read in pieces, one batch at a time, so it holds the
 thread for one batch's time at most before others are served: requests that have not
-started go first, in arrival order, then the unfinished ones in turn. A request whose client
-went away is dropped with the pieces it has not run.
+started (in arrival order) and the unfinished ones (in turn) take the head of the batches
+alternately, so neither a stream of new requests nor a long one holds the other back for more
+than a batch. A request whose client went away is dropped with the pieces it has not run.
 
 A batch that raises is run again piece by piece, so that one request's input fails that
 request alone: it gets a 422 when the others in its batch were served, and every other
@@ -95,6 +96,7 @@ class BatchEngine(Generic[T, R]):
         self.running = False
         self._fresh: deque[_Pending[T, R]] = deque()  # not started: first come, first served
         self._unfinished: deque[_Pending[T, R]] = deque()  # started, more to run: in turn
+        self._fresh_first = True
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -161,12 +163,18 @@ class BatchEngine(Generic[T, R]):
                 "(RNN_REQUEST_TIMEOUT_S)"))
 
     def _take(self) -> list[_Piece[T, R]]:
-        """The next batch: requests not yet started first, then the unfinished in turn, each
-        giving what fits of its remaining items."""
+        """The next batch: requests not yet started and the unfinished ones, alternately first,
+        each giving what fits of its remaining items."""
         pieces: list[_Piece[T, R]] = []
         count = cost = 0
         now = time.monotonic()
-        for line in (self._fresh, self._unfinished):
+        # Lines alternate at the head of the batch while both wait, so that neither a stream
+        # of new requests nor a long unfinished one can hold the other back for long.
+        lines = ((self._fresh, self._unfinished) if self._fresh_first
+                 else (self._unfinished, self._fresh))
+        if self._unfinished:
+            self._fresh_first = not self._fresh_first
+        for line in lines:
             for _ in range(len(line)):
                 if count >= self.max_batch_size or cost >= self.max_batch_cost:
                     break

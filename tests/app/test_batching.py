@@ -97,6 +97,31 @@ def test_a_large_request_is_read_in_pieces_and_a_newer_one_goes_next(
         f"big{i:02d}" for i in range(10)]
 
 
+def test_a_stream_of_new_requests_does_not_starve_a_long_one(
+        executor: ThreadPoolExecutor) -> None:
+    """New requests arrive faster than batches run, each nearly a batch by itself: the long
+    request still gets every other batch and ends while they keep coming."""
+    run = _Recorder(pause_s=0.03)
+
+    async def go() -> tuple[bool, int]:
+        engine = _engine(run, executor, max_cost=12)
+        engine.start()
+        big = engine.submit([f"big{i:02d}" for i in range(10)])  # 5 pieces of two
+        shorts = []
+        for _ in range(60):  # 1.2 s of a new 10-character request every 20 ms
+            shorts.append(engine.submit(["s" * 10]))
+            await asyncio.sleep(0.02)
+            if big.done():
+                break
+        ended_first = big.done()
+        await asyncio.gather(big, *shorts)
+        await engine.stop()
+        return ended_first, len(shorts)
+
+    ended_first, sent = asyncio.run(go())
+    assert ended_first and sent < 60
+
+
 def test_a_text_over_the_batch_cost_is_a_batch_of_its_own(executor: ThreadPoolExecutor) -> None:
     run = _Recorder()
 

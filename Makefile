@@ -13,7 +13,7 @@ WORKERS ?= 1
 SHARED ?= ../shared/data
 
 .PHONY: setup serve test lint train-sentiment train-sentiment-scratch train-lm compare bench clean
-.PHONY: docs docs-check
+.PHONY: docs docs-check image-test
 .PHONY: train-lm-ddp train-sentiment-ddp
 
 $(VENV)/.torch-$(TORCH): scripts/install-torch.sh
@@ -34,6 +34,11 @@ serve: setup  ## serve the models in models/ on :8000
 
 test: setup  ## the whole test suite
 	$(PY) -m pytest
+
+# The container test (tests/deploy/test_image.py): builds the image, runs compose's `api`
+# service and checks it; it fails where no Docker engine can start (as root it starts dockerd).
+image-test: setup  ## build the image and run it with compose: healthy, same answers, graceful stop
+	RNN_IMAGE_TEST=required $(PY) -m pytest -m docker tests/deploy
 
 lint: setup
 	$(PY) -m ruff check textrnn app training tests bench

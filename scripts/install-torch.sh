@@ -16,4 +16,7 @@ case "$(uname -s)" in
     Darwin) SPEC="torch==$VERSION" ;;  # macOS wheels have no local version label
     *) SPEC="torch==$VERSION+$FLAVOUR" ;;
 esac
-exec "$PYTHON" -m pip install --no-deps --extra-index-url "https://download.pytorch.org/whl/$FLAVOUR" "$SPEC"
+# TORCH_INDEX_URL names another index for torch (a mirror of PyTorch's); set but empty, torch
+# comes from pip's own indexes and find-links only.
+INDEX=${TORCH_INDEX_URL-https://download.pytorch.org/whl/$FLAVOUR}
+exec "$PYTHON" -m pip install --no-deps ${INDEX:+--extra-index-url "$INDEX"} "$SPEC"

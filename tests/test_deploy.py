@@ -1,7 +1,7 @@
 """The Dockerfile and compose file: linted and checked against the Makefile's set-up.
 
-No Docker engine runs where these tests run, so the image is never built here; what can be
-checked without one is checked.
+What can be checked without a Docker engine; tests/deploy/test_image.py builds and runs the
+image where one can start.
 """
 
 from __future__ import annotations
@@ -49,6 +49,31 @@ def test_dockerfile_installs_like_make_setup_and_runs_as_non_root() -> None:
     # The image holds the service, never the training code or the tests.
     copied = re.findall(r"^COPY (?:--\S+ )*(\S+)", DOCKERFILE, re.M)
     assert "training" not in copied and "tests" not in copied
+
+
+def test_models_are_mounted_unless_the_with_models_target_is_asked_for() -> None:
+    stages = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
+    assert stages[-1].strip() == "service"  # the default target: no models in the image
+    assert "COPY --chown=10001:10001 models /srv/models" in stages[-2]
+    assert stages[-2].startswith("service AS with-models")
+    assert 'ENTRYPOINT ["tini", "--"]' in DOCKERFILE
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert compose["api"]["read_only"] is True and compose["api"]["tmpfs"] == ["/tmp"]
+    # The GPU profile's service publishes another host port than the CPU one.
+    host_ports = [s["ports"][0].rsplit(":", 1)[0] for s in compose.values()]
+    assert len(set(host_ports)) == len(host_ports), host_ports
+
+
+def test_dockerignore_lets_in_what_the_dockerfile_copies_and_the_shipped_models_only() -> None:
+    allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    # The build context's files (not --from another stage), models/ apart.
+    copied = set(re.findall(r"^COPY (?:--chown=\S+ )?([^-\s]\S*) ", DOCKERFILE, re.M))
+    assert copied - {"models"} == {a for a in allowed if not a.startswith("models/")}
+    tracked = subprocess.run(["git", "ls-files", "models"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert {a for a in allowed if a.startswith("models/")} == \
+        {"/".join(Path(f).parts[:2]) for f in tracked}
 
 
 def test_dockerfile_passes_hadolint() -> None:

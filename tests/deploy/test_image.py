@@ -63,10 +63,12 @@ def _logs(docker: Docker, container: str) -> str:
 @pytest.fixture(scope="module")
 def image(docker: Docker, figures: list[str]) -> Iterator[str]:
     """The image built from the working tree (the default target: models not baked in)."""
+    start = time.monotonic()
     try:
         base = base_image(docker)
     except Unavailable as e:
         unavailable(str(e))
+    figures.append(f"base image {base}: {time.monotonic() - start:.0f} s to have it")
     with build_arguments(f"torch-{TORCH_VERSION}+cpu-*.whl") as args:
         start = time.monotonic()
         docker("build", "--build-arg", f"BASE_IMAGE={base}", *args, "--tag", TAG, str(ROOT),

@@ -343,15 +343,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    done = False
     try:
         if args.command != "evaluate":
             _start(args)
         commands = {"classify": _classify, "pretrain": _pretrain, "lm": _lm, "evaluate": _evaluate}
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        done = True
+        return code
     except (DataError, ArtifactError, WorkDirBusy, CheckpointMismatch, PrecisionUnsupported,
             UsageError, TooShort) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        shutdown_cluster()
+    finally:  # a rank that failed leaves at once: torchrun then stops the others
+        shutdown_cluster(together=done)
 

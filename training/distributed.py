@@ -82,9 +82,14 @@ def init_cluster(device: str) -> tuple[Cluster, str]:
     return Cluster(rank, world, local_rank, backend), device
 
 
-def shutdown_cluster() -> None:
-    """Leave the process group (if this process joined one)."""
+def shutdown_cluster(together: bool = True) -> None:
+    """Leave the process group (if this process joined one). With `together`, first wait
+    for every rank to get here (rank 0 exports while the others are done), so that no rank
+    tears its side of the group down while a peer still uses it: a rank that left early
+    could abort (SIGABRT) at exit and fail the whole run after the work was done."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

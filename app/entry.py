@@ -42,6 +42,7 @@ class ModelEntry:
     executor: ThreadPoolExecutor | None = field(default=None, repr=False)
     fingerprint: str = ""
     reload_error: str | None = None  # why the folder's newer version failed to replace this
+    looking_inside: int = 0  # /inside and /explain requests waiting or running on the model
 
     def load(self, device: torch.device, weights: str = "float32") -> None:
         """Load and warm up the folder (blocking); a failure is recorded, never raised.
@@ -94,7 +95,8 @@ class ModelEntry:
         """Whether any request is waiting or running on this model."""
         engines = [e for e in (self.classify, self.score) if e is not None]
         generating = self.generator is not None and (self.generator.active + self.generator.waiting) > 0
-        return any(e.depth > 0 or e.running for e in engines) or generating
+        return (any(e.depth > 0 or e.running for e in engines) or generating
+                or self.looking_inside > 0)
 
     async def retire(self, grace_s: float) -> None:
         """Stop once in-flight work is done (or after `grace_s`)."""

@@ -1,7 +1,7 @@
 """The work behind /inside/memory, /inside/units and /explain: tokenize, check the request's
 size against its limits, compute with textrnn.memory or textrnn.attribution, shape the answer.
-Each function runs on the model's inference thread (grad mode is per thread, so the mode is
-entered here)."""
+Each function is a computation in pieces (`textrnn.pieces`): the service runs them one at a
+time on the model's inference thread, in inference mode, its batches going between them."""
 
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from app.inside_schemas import (
 from app.inside_schemas import MEMORY_MAX_VALUES as MAX_VALUES
 from app.schemas import LabelScore
 from textrnn.artifact import Artifact
-from textrnn.attribution import integrated_gradients, occlusion
+from textrnn.attribution import integrated_gradients_pieces, occlusion_pieces
 from textrnn.inference import classify_logits
-from textrnn.memory import SERIES, rank_units, trace_layer, units_of
+from textrnn.memory import SERIES, rank_units, trace_layer_pieces, units_of
 from textrnn.nets import RNNClassifier
+from textrnn.pieces import Pieces
 
 __all__ = ["EXPLAIN_MAX_WORDS", "explain", "memory", "units"]
 
 EXPLAIN_MAX_WORDS = 256  # occlusion runs words + 1 texts of as many words
 
 
-def memory(artifact: Artifact, body: MemoryRequest) -> MemoryResponse:
+def memory(artifact: Artifact, body: MemoryRequest) -> Pieces[MemoryResponse]:
     """Each step's values of the chosen layer, series and units."""
     net = artifact.net
     layer = _layer(artifact, body.layer)
@@ -49,16 +50,15 @@ def memory(artifact: Artifact, body: MemoryRequest) -> MemoryResponse:
             f"this request asks for {len(steps)} steps x {len(wanted)} units x {len(names)} "
             f"series = {values} values; the limit is {MAX_VALUES} (MEMORY_MAX_VALUES): choose "
             "fewer units or series, or send a shorter text", param="units")
-    with torch.inference_mode():
-        trace = trace_layer(net, ids, layer)
-        index = torch.tensor(wanted)
-        series = {name: _rows(trace.series[name][:, index]) for name in names}  # T U each
+    trace = yield from trace_layer_pieces(net, ids, layer)
+    index = torch.tensor(wanted)
+    series = {name: _rows(trace.series[name][:, index]) for name in names}  # T U each
     return MemoryResponse(model=artifact.name, cell=net.config.cell, layer=layer,
                           layers=net.config.num_layers, units=wanted, steps=steps, series=series,
                           truncated=truncated)
 
 
-def units(artifact: Artifact, body: UnitsRequest) -> UnitsResponse:
+def units(artifact: Artifact, body: UnitsRequest) -> Pieces[UnitsResponse]:
     """The units of a layer that best tell the marked steps from the others, by AUC."""
     layer = _layer(artifact, body.layer)
     name = _series(artifact, body.series, "series")
@@ -83,23 +83,22 @@ def units(artifact: Artifact, body: UnitsRequest) -> UnitsResponse:
     if marked in (0, len(steps)):
         raise InvalidInput(f"the spans mark {marked} of the text's {len(steps)} steps; mark at "
                            "least one step and leave at least one unmarked", param="spans")
-    with torch.inference_mode():
-        values = trace_layer(artifact.net, ids, layer).series[name]  # T U
-        auc = rank_units(values, inside)  # U
-        separation = (2 * auc - 1).abs()
-        top = separation.argsort(descending=True, stable=True)[:k].tolist()
-        mean_in, mean_out = values[inside].mean(0), values[~inside].mean(0)  # U, U
-        scores = [UnitScore(unit=u, auc=round(float(auc[u]), 4),
-                            separation=round(float(separation[u]), 4),
-                            higher_inside=bool(auc[u] >= 0.5),
-                            mean_inside=round(float(mean_in[u]), 4),
-                            mean_outside=round(float(mean_out[u]), 4)) for u in top]
-        rows = _rows(values[:, torch.tensor(top)])
+    values = (yield from trace_layer_pieces(artifact.net, ids, layer)).series[name]  # T U
+    auc = rank_units(values, inside)  # U
+    separation = (2 * auc - 1).abs()
+    top = separation.argsort(descending=True, stable=True)[:k].tolist()
+    mean_in, mean_out = values[inside].mean(0), values[~inside].mean(0)  # U, U
+    scores = [UnitScore(unit=u, auc=round(float(auc[u]), 4),
+                        separation=round(float(separation[u]), 4),
+                        higher_inside=bool(auc[u] >= 0.5),
+                        mean_inside=round(float(mean_in[u]), 4),
+                        mean_outside=round(float(mean_out[u]), 4)) for u in top]
+    rows = _rows(values[:, torch.tensor(top)])
     return UnitsResponse(model=artifact.name, layer=layer, series=name, steps=steps,
                          inside_steps=marked, units=scores, values=rows, truncated=truncated)
 
 
-def explain(artifact: Artifact, body: ExplainRequest) -> ExplainResponse:
+def explain(artifact: Artifact, body: ExplainRequest) -> Pieces[ExplainResponse]:
     """The label scores and each word's contribution to the explained label."""
     net = artifact.net
     assert isinstance(net, RNNClassifier)
@@ -118,15 +117,13 @@ def explain(artifact: Artifact, body: ExplainRequest) -> ExplainResponse:
         raise InvalidInput(f"occlusion of {words} words; the limit is {EXPLAIN_MAX_WORDS} "
                            "(EXPLAIN_MAX_WORDS): send a shorter text", param="inputs")
     ids = id_list.tolist()
-    with torch.inference_mode():
-        probs = torch.softmax(classify_logits(net, [ids]).float(), dim=-1)[0].tolist()  # C
+    probs = torch.softmax(classify_logits(net, [ids]).float(), dim=-1)[0].tolist()  # C
     label = labels.index(body.label) if body.label is not None else max(
         range(len(labels)), key=lambda i: probs[i])
     if body.method == "integrated_gradients":
-        result = integrated_gradients(net, ids, label, body.steps)
+        result = yield from integrated_gradients_pieces(net, ids, label, body.steps)
     else:
-        with torch.inference_mode():
-            result = occlusion(net, ids, label)
+        result = yield from occlusion_pieces(net, ids, label)
     without: list[int | None] = [*result.without] if result.without else [None] * words
     contributions = [Contribution(text=s.text, start=s.start, end=s.end,
                                   contribution=round(float(c), 5),

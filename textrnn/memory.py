@@ -16,8 +16,12 @@ from torch import Tensor, nn
 
 from textrnn.halfweights import HalfWeightRNN
 from textrnn.nets import CharLM, RNNClassifier
+from textrnn.pieces import Pieces, finish
 
-__all__ = ["SERIES", "LayerTrace", "float_rnn", "rank_units", "trace_layer", "units_of"]
+__all__ = ["PIECE_STEPS", "SERIES", "LayerTrace", "float_rnn", "rank_units", "trace_layer",
+           "trace_layer_pieces", "units_of"]
+
+PIECE_STEPS = 256  # steps of one layer run between two pauses of `trace_layer_pieces`
 
 # What each cell holds per step, in the order of its gate chunks in torch's weights
 # (LSTM: input, forget, candidate g, output; GRU: reset r, update z, new n).
@@ -54,19 +58,29 @@ def trace_layer(net: RNNClassifier | CharLM, ids: Tensor, layer: int) -> LayerTr
     """Every series of `layer` (0 is the layer next to the embedding) while the net reads
     token ids [T] from a zero state; lower layers run step by step too, so every value
     comes from the same equations."""
+    with torch.no_grad():
+        return finish(trace_layer_pieces(net, ids, layer))
+
+
+def trace_layer_pieces(net: RNNClassifier | CharLM, ids: Tensor, layer: int,
+                       every: int = PIECE_STEPS) -> Pieces[LayerTrace]:
+    """`trace_layer` in pieces of `every` steps of one layer (run it without grad)."""
     rnn = float_rnn(net)
     cell = net.config.cell
     directions = 2 if rnn.bidirectional else 1
-    with torch.no_grad():
-        x = net.embedding(ids).float()  # T E
-        for depth in range(layer + 1):
-            runs = [_run(rnn, cell, x, depth, d == 1) for d in range(directions)]
-            series = {name: torch.cat([r[name] for r in runs], dim=-1) for name in runs[0]}
-            x = series["hidden"]  # T D*H: the next layer's input
+    x = net.embedding(ids).float()  # T E
+    series: dict[str, Tensor] = {}
+    for depth in range(layer + 1):
+        runs = []
+        for d in range(directions):
+            runs.append((yield from _run(rnn, cell, x, depth, d == 1, every)))
+        series = {name: torch.cat([r[name] for r in runs], dim=-1) for name in runs[0]}
+        x = series["hidden"]  # T D*H: the next layer's input
     return LayerTrace(layer, series)
 
 
-def _run(rnn: nn.RNNBase, cell: str, x: Tensor, layer: int, reverse: bool) -> dict[str, Tensor]:
+def _run(rnn: nn.RNNBase, cell: str, x: Tensor, layer: int, reverse: bool,
+         every: int) -> Pieces[dict[str, Tensor]]:
     """One direction of one layer over inputs x [T, I]: each series [T, H], in text order."""
     suffix = "_reverse" if reverse else ""
     w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{layer}{suffix}").float()
@@ -79,6 +93,8 @@ def _run(rnn: nn.RNNBase, cell: str, x: Tensor, layer: int, reverse: bool) -> di
     h, c = x.new_zeros(hidden), x.new_zeros(hidden)
     activation = torch.relu if getattr(rnn, "nonlinearity", "tanh") == "relu" else torch.tanh
     for t in range(steps):
+        if t and t % every == 0:
+            yield
         gh = torch.addmv(b_hh, w_hh, h)  # G*H
         if cell == "lstm":
             i, f, g, o = (gi[t] + gh).chunk(4)

@@ -1,18 +1,21 @@
 """POST /inside/memory, /inside/units and /explain: what a model holds at each step, which of
 its units track a marked pattern, and why a classifier decided.
 
-The work runs on the model's own inference thread, between its batches, so it never runs
-beside them on the cores; at most INSIDE_MAX_PENDING such requests per model wait there (503
-beyond), and one not answered within RNN_REQUEST_TIMEOUT_S gets a 504 (dropped if it had not
-started)."""
+The work runs on the model's own inference thread, so it never runs beside the model's batches
+on the cores, and in pieces of a few tens of milliseconds with the batches going between them,
+so it never holds them up for long; at most INSIDE_MAX_PENDING such requests per model wait
+(503 beyond). One not answered within RNN_REQUEST_TIMEOUT_S gets a 504, and its remaining
+pieces are not run, nor are they when its client leaves."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
+import torch
 from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel
 
@@ -34,6 +37,7 @@ from app.limits import check_chars
 from app.registry import Registry
 from app.settings import Settings
 from textrnn.artifact import Artifact
+from textrnn.pieces import Pieces
 
 __all__ = ["INSIDE_MAX_PENDING", "install_inside", "router"]
 
@@ -89,29 +93,55 @@ def _any_task(registry: Registry, name: str | None) -> ModelEntry:
 
 
 async def _answer(request: Request, entry: ModelEntry, text: str,
-                  work: Callable[[Artifact, Any], BaseModel], body: BaseModel) -> Response:
-    """Run `work` on the model's inference thread, within the pending bound and the deadline,
-    and answer its JSON (serialised there too: an answer may hold 200,000 numbers)."""
-    state = request.app.state
-    settings: Settings = state.settings
+                  work: Callable[[Artifact, Any], Pieces[BaseModel]], body: BaseModel) -> Response:
+    """Run `work` piece by piece on the model's inference thread, within the pending bound
+    and the deadline, and answer its JSON (serialised on another thread: an answer may hold
+    200,000 numbers)."""
+    settings: Settings = request.app.state.settings
     check_chars(text, settings, "inputs")
     assert entry.artifact is not None and entry.executor is not None
-    artifact = entry.artifact
-    pending: Counter[str] = state.inside_pending
-    if pending[entry.name] >= INSIDE_MAX_PENDING:
+    if entry.looking_inside >= INSIDE_MAX_PENDING:
         raise Overloaded(f"model '{entry.name}' has {INSIDE_MAX_PENDING} requests to look "
                          "inside it waiting (INSIDE_MAX_PENDING); retry later")
-    pending[entry.name] += 1
+    entry.looking_inside += 1  # a reload retires the entry after these too
     try:
-        job = asyncio.get_running_loop().run_in_executor(
-            entry.executor, lambda: work(artifact, body).model_dump_json().encode())
-        payload = await unless_disconnected(request.receive, _within(job, settings))
+        job = _in_pieces(work(entry.artifact, body), entry.executor)
+        answer = await unless_disconnected(request.receive, _within(job, settings))
     finally:
-        pending[entry.name] -= 1
+        entry.looking_inside -= 1
+    payload = await asyncio.to_thread(lambda: answer.model_dump_json().encode())
     return Response(payload, media_type="application/json", headers={"X-Model": entry.version})
 
 
-async def _within(job: asyncio.Future[bytes], settings: Settings) -> bytes:
+async def _in_pieces(pieces: Pieces[BaseModel], executor: Executor) -> BaseModel:
+    """Each piece as a task of its own on `executor`, so that work queued there meanwhile (the
+    model's batches) runs between two pieces. Cancelled (deadline, client gone), the pieces
+    not yet run never are."""
+    loop = asyncio.get_running_loop()
+    finished = False
+    try:
+        while True:
+            finished, answer = await loop.run_in_executor(executor, _advance, pieces)
+            if finished:
+                assert answer is not None
+                return answer
+    finally:
+        if not finished:  # after the piece that may be running: one at a time on the thread
+            with contextlib.suppress(RuntimeError):  # the executor of a retired model
+                executor.submit(pieces.close)
+
+
+def _advance(pieces: Pieces[BaseModel]) -> tuple[bool, BaseModel | None]:
+    """Run one piece in inference mode: (True, the answer) after the last."""
+    with torch.inference_mode():
+        try:
+            next(pieces)
+        except StopIteration as done:
+            return True, done.value
+    return False, None
+
+
+async def _within(job: Awaitable[BaseModel], settings: Settings) -> BaseModel:
     try:
         return await asyncio.wait_for(job, settings.request_timeout_s)
     except TimeoutError:
@@ -123,7 +153,6 @@ async def _within(job: asyncio.Future[bytes], settings: Settings) -> bytes:
 def install_inside(app: FastAPI, settings: Settings) -> None:
     """Serve the routes, and write the text limit of these settings into their OpenAPI schemas
     (after `install_openapi`, whose document this completes)."""
-    app.state.inside_pending = Counter()
     app.include_router(router)
     base = app.openapi
 

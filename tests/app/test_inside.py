@@ -4,6 +4,7 @@ field."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from app.inside_schemas import EXPLAIN_MAX_WORK, MEMORY_MAX_VALUES
 from app.main import create_app
 from app.routes.inside import INSIDE_MAX_PENDING
 from app.settings import Settings
+from textrnn.attribution import Attribution
 from textrnn.memory import rank_units
 
 TEXT = "ROMEO:\nBut soft, what light.\n\nJULIET:\nO Romeo, Romeo.\n\nROMEO:\nShall I hear more?\n"
@@ -209,13 +211,12 @@ def test_waiting_requests_are_bounded_per_model(app: FastAPI, client: TestClient
     entry = app.state.registry.entries["shakespeare"]
     release = threading.Event()
     blocker = entry.executor.submit(release.wait, 30)  # the inference thread is busy
-    pending = app.state.inside_pending
     try:
         with ThreadPoolExecutor(INSIDE_MAX_PENDING) as pool:
             waiting = [pool.submit(client.post, "/inside/memory", json={"inputs": "ab"})
                        for _ in range(INSIDE_MAX_PENDING)]
             deadline = time.monotonic() + 10
-            while pending["shakespeare"] < INSIDE_MAX_PENDING:
+            while entry.looking_inside < INSIDE_MAX_PENDING:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             refused = client.post("/inside/memory", json={"inputs": "ab"})
@@ -227,7 +228,7 @@ def test_waiting_requests_are_bounded_per_model(app: FastAPI, client: TestClient
     finally:
         release.set()
         blocker.result()
-    assert pending["shakespeare"] == 0
+    assert entry.looking_inside == 0
 
 
 def test_the_openapi_document_states_the_limits(client: TestClient) -> None:
@@ -252,3 +253,74 @@ def test_marked_spans_at_their_limit_and_one_past(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["inside_steps"] == 64
     detail = str(_error(client, "/inside/units", {"inputs": text, "spans": spans}))
     assert "'spans'" in detail and "at most 64 items" in detail
+
+
+def _slow_occlusion(runs: list[int], pieces: int = 10, each_s: float = 0.15) -> Any:
+    """An occlusion in `pieces` pieces of `each_s` seconds, each noted in `runs` as it ends."""
+    def occlusion_pieces(net: Any, ids: list[int], label: int, rows: int = 0) -> Any:
+        for k in range(pieces):
+            if k:
+                yield
+            time.sleep(each_s)
+            runs.append(k)
+        return Attribution(torch.zeros(len(ids)), 0.0, without=[label] * len(ids))
+    return occlusion_pieces
+
+
+def test_the_models_batches_go_between_the_pieces_of_a_long_look_inside(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr("app.inside.occlusion_pieces", _slow_occlusion(runs))  # 1.5 s in all
+    with ThreadPoolExecutor(1) as pool:
+        explaining = pool.submit(client.post, "/explain",
+                                 json={"inputs": "a good film", "method": "occlusion"})
+        deadline = time.monotonic() + 10
+        while not runs:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.perf_counter()
+        r = client.post("/classify", json={"inputs": "fine"})  # the same model's batch
+        waited = time.perf_counter() - started
+        assert r.status_code == 200, r.text
+        assert waited < 0.6, f"/classify waited {waited:.2f} s behind the explanation"
+        assert len(runs) < 10  # it came before the explanation ended
+        assert explaining.result().status_code == 200
+    assert runs == list(range(10))
+
+
+def test_the_pieces_left_at_the_deadline_are_not_run(models_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr("app.inside.occlusion_pieces", _slow_occlusion(runs))
+    app = create_app(Settings(models_dir=models_dir, request_timeout_s=0.5,
+                              generation_worker="thread"))
+    with TestClient(app) as c:
+        r = c.post("/explain", json={"inputs": "a good film", "method": "occlusion"})
+        assert r.status_code == 504 and "RNN_REQUEST_TIMEOUT_S" in r.json()["detail"]
+        time.sleep(0.5)  # past the piece that was running at the deadline
+        assert c.post("/classify", json={"inputs": "fine"}).status_code == 200
+        assert 2 <= len(runs) <= 5, runs
+        assert app.state.registry.entries["sentiment"].looking_inside == 0
+
+
+def test_a_reload_lets_a_look_inside_finish_on_the_version_it_began_on(
+        models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr("app.inside.occlusion_pieces", _slow_occlusion(runs, pieces=6))
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    app = create_app(Settings(models_dir=models, admin_keys=["admin"], generation_worker="thread"))
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        explaining = pool.submit(c.post, "/explain",
+                                 json={"inputs": "a good film", "method": "occlusion"})
+        deadline = time.monotonic() + 10
+        while not runs:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        weights = models / "sentiment" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes())  # a new version of the same model
+        reload = c.post("/admin/reload", headers={"Authorization": "Bearer admin"})
+        assert reload.status_code == 200 and "sentiment" in reload.json()["loaded"], reload.text
+        answer = explaining.result()
+        assert answer.status_code == 200, answer.text  # its version served it to the end
+        assert runs == list(range(6))

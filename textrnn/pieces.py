@@ -1,0 +1,27 @@
+"""A long computation written as a generator that stops between pieces of work, so whoever
+runs it can let other work go between two pieces (the service runs each piece as a separate
+task on a model's inference thread, so that model's batches are not held up for the whole).
+
+A piece must not hold a context across its `yield` (grad or inference mode is per thread,
+and other work runs on that thread in between): each piece enters the modes it needs itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TypeVar
+
+__all__ = ["Pieces", "finish"]
+
+T = TypeVar("T")
+
+Pieces = Generator[None, None, T]  # each next() runs one piece; the return value is the result
+
+
+def finish(pieces: Pieces[T]) -> T:
+    """Run every piece, here and now: the result."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

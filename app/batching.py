@@ -12,6 +12,10 @@ started (in arrival order) and the unfinished ones (in turn) take the head of th
 alternately, so neither a stream of new requests nor a long one holds the other back for more
 than a batch. A request whose client went away is dropped with the pieces it has not run.
 
+With API keys, each line is shared between the keys first: they take turns, a request of
+each, whatever the number each has waiting, and no key holds more than half of the queue,
+so one sender can neither crowd the others out of the batches nor fill the queue on them.
+
 A batch that raises is run again piece by piece, so that one request's input fails that
 request alone: it gets a 422 when the others in its batch were served, and every other
 member gets its answer.
@@ -23,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -47,6 +51,7 @@ class _Pending(Generic[T, R]):
     deadline: float = float("inf")
     request_id: str = field(default_factory=REQUEST_ID.get)  # for the log lines about it
     results: list[R | None] = field(default_factory=list)
+    sender: str = ""  # who sent it (a digest of its API key; "" without keys)
     taken: int = 0  # items handed to batches so far
     done: int = 0  # items with their results
 
@@ -66,6 +71,51 @@ class _Piece(Generic[T, R]):
     @property
     def items(self) -> Sequence[T]:
         return self.pending.items[self.start:self.end]
+
+
+class _Line(Generic[T, R]):
+    """Waiting requests, one queue per sender, the senders in turn: `popleft` gives the first
+    request of the sender whose turn it is and sends that sender to the back; `appendleft`
+    undoes it. Without keys there is one sender, and it is a plain queue."""
+
+    def __init__(self) -> None:
+        self._senders: dict[str, deque[_Pending[T, R]]] = {}  # in turn order
+
+    def __len__(self) -> int:
+        return sum(map(len, self._senders.values()))
+
+    def __contains__(self, pending: object) -> bool:
+        return isinstance(pending, _Pending) and pending in self._senders.get(pending.sender, ())
+
+    def __iter__(self) -> Iterator[_Pending[T, R]]:
+        for line in self._senders.values():
+            yield from line
+
+    def held(self, sender: str) -> int:
+        """Requests of `sender` in this line."""
+        return len(self._senders.get(sender, ()))
+
+    def append(self, pending: _Pending[T, R]) -> None:
+        self._senders.setdefault(pending.sender, deque()).append(pending)
+
+    def popleft(self) -> _Pending[T, R]:
+        sender, line = next(iter(self._senders.items()))
+        pending = line.popleft()
+        del self._senders[sender]
+        if line:
+            self._senders[sender] = line  # its turn again after the others'
+        return pending
+
+    def appendleft(self, pending: _Pending[T, R]) -> None:
+        line = self._senders.pop(pending.sender, None) or deque()
+        line.appendleft(pending)
+        self._senders = {pending.sender: line, **self._senders}
+
+    def remove(self, pending: _Pending[T, R]) -> None:
+        line = self._senders[pending.sender]
+        line.remove(pending)
+        if not line:
+            del self._senders[pending.sender]
 
 
 class BatchEngine(Generic[T, R]):
@@ -94,8 +144,8 @@ class BatchEngine(Generic[T, R]):
         self.batches_run = 0
         self.batches_split = 0  # batches that raised and were run again piece by piece
         self.running = False
-        self._fresh: deque[_Pending[T, R]] = deque()  # not started: first come, first served
-        self._unfinished: deque[_Pending[T, R]] = deque()  # started, more to run: in turn
+        self._fresh: _Line[T, R] = _Line()  # not started: first come, first served
+        self._unfinished: _Line[T, R] = _Line()  # started, more to run: in turn
         self._fresh_first = True
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -124,18 +174,23 @@ class BatchEngine(Generic[T, R]):
     def _gauge(self) -> None:
         QUEUE_DEPTH.labels(self.name).set(self.depth)
 
-    def submit(self, items: Sequence[T]) -> asyncio.Future[list[R]]:
-        """Queue the items of one request; the future gives their results. Cancelling it
-        drops the request with the pieces it has not run.
+    def submit(self, items: Sequence[T], sender: str = "") -> asyncio.Future[list[R]]:
+        """Queue the items of one request from `sender` (a digest of its API key, "" without
+        keys); the future gives their results. Cancelling it drops the request with the
+        pieces it has not run.
 
         A future with callbacks rather than a coroutine: no task, no `wait_for` per request,
         just one timer for the deadline (504 when it has not started by then)."""
         if self.depth >= self.max_queue:
             raise Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting; retry later")
+        share = max(1, self.max_queue // 2)
+        if sender and self._fresh.held(sender) + self._unfinished.held(sender) >= share:
+            raise Overloaded(f"this API key has {share} requests waiting on model '{self.name}', "
+                             "half of its queue (RNN_MAX_QUEUE); retry later")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         pending: _Pending[T, R] = _Pending(items, loop.create_future(), now, now + self.timeout_s,
-                                           results=[None] * len(items))
+                                           results=[None] * len(items), sender=sender)
         self._fresh.append(pending)
         self._gauge()
         self._wakeup.set()

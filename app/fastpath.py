@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from app.errors import send_json
+from app.keys import TENANT_SCOPE_KEY
 from app.routes import classify
 from app.routes.classify import answer
 from app.schemas import ClassifyRequest
@@ -55,7 +56,8 @@ class _ClassifyEndpoint:
         except ValidationError:  # the FastAPI route answers it, in its own 422 format
             await self.fallback.handle(scope, _replay([body], None, receive), send)
             return
-        payload, version = await answer(self.state, request, receive)
+        payload, version = await answer(self.state, request, receive,
+                                        str(scope.get(TENANT_SCOPE_KEY, "")))
         await send_json(send, 200, payload, {"X-Model": version})
 
 

@@ -105,7 +105,7 @@ async def _answer_rows(state: SimpleNamespace, entry: ModelEntry, route: str,
     try:
         if route == "classify":
             body = ClassifyRequest(inputs=texts, model=entry.name)
-            payload, _ = await classify_route.answer(state, body, _connected)
+            payload, _ = await classify_route.answer(state, body, _connected, "")
             assert entry.artifact is not None
             extra = [_by_label(labels, entry.artifact.labels) for labels in json.loads(payload)]
         else:

@@ -9,7 +9,7 @@ import torch
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive
 
-from app.deps import check_texts, unless_disconnected
+from app.deps import check_texts, tenant_of, unless_disconnected
 from app.schemas import ClassifyRequest, LabelScore
 
 __all__ = ["answer", "router"]
@@ -17,13 +17,14 @@ __all__ = ["answer", "router"]
 router = APIRouter(tags=["inference"])
 
 
-async def answer(state: Any, body: ClassifyRequest, receive: Receive) -> tuple[bytes, str]:
-    """The JSON answer to a valid request and the model version that gave it (shared by the
-    route below and the fast path in app.fastpath)."""
+async def answer(state: Any, body: ClassifyRequest, receive: Receive,
+                 sender: str) -> tuple[bytes, str]:
+    """The JSON answer to a valid request from `sender` and the model version that gave it
+    (shared by the route below and the fast path in app.fastpath)."""
     texts = check_texts(body.inputs, state.settings)
     entry = state.registry.get(body.model, "classify")
     assert entry.classify is not None and entry.artifact is not None
-    logits = await unless_disconnected(receive, entry.classify.submit(texts))
+    logits = await unless_disconnected(receive, entry.classify.submit(texts, sender))
     probs = _apply(body.parameters.function_to_apply or "softmax", logits)
     labels = entry.artifact.labels
     k = body.parameters.top_k or len(labels)
@@ -48,5 +49,5 @@ def _apply(function: str, logits: list[list[float]]) -> list[list[float]]:
 @router.post("/classify", response_model=list[list[LabelScore]])
 async def classify(body: ClassifyRequest, request: Request) -> Response:
     """Label scores for each input, best first (all labels, or the best `top_k`)."""
-    payload, version = await answer(request.app.state, body, request.receive)
+    payload, version = await answer(request.app.state, body, request.receive, tenant_of(request))
     return Response(payload, media_type="application/json", headers={"X-Model": version})

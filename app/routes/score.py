@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import check_texts, unless_disconnected
+from app.deps import check_texts, tenant_of, unless_disconnected
 from app.schemas import ScoreRequest, ScoreResult
 
 router = APIRouter(tags=["inference"])
@@ -22,7 +22,7 @@ async def score(body: ScoreRequest, request: Request) -> Response:
     texts = check_texts(body.inputs, state.settings)
     entry = state.registry.get(body.model, "score")
     assert entry.score is not None
-    results = await unless_disconnected(request.receive, entry.score.submit(texts))
+    results = await unless_disconnected(request.receive, entry.score.submit(texts, tenant_of(request)))
     if body.parameters.details:
         # Up to one object per character of the budget: built in a thread, so that the event
         # loop goes on serving other clients meanwhile.

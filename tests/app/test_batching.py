@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.batching import BatchEngine
-from app.errors import InvalidInput
+from app.errors import InvalidInput, Overloaded
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import running_server
+from tests.app.conftest import running_server, slowed
 
 
 class _Recorder:
@@ -170,6 +170,93 @@ def test_a_piece_that_fails_alone_fails_its_request_only(executor: ThreadPoolExe
     first, good, bad = asyncio.run(go())
     assert first == ["row:warm"] and good == ["row:fine", "row:also fine"]
     assert isinstance(bad, InvalidInput)
+
+
+def test_senders_take_turns_whatever_each_has_waiting(executor: ThreadPoolExecutor) -> None:
+    """One request per batch: key a queues four while the first runs, then key b one; b's
+    goes second, not after all of a's."""
+    run = _Recorder(pause_s=0.03)
+
+    async def go() -> None:
+        engine = _engine(run, executor, max_batch_size=1)
+        engine.start()
+        first = engine.submit(["first"], "a")
+        await asyncio.sleep(0.01)
+        rest = [engine.submit([f"a{i}"], "a") for i in range(4)] + [engine.submit(["b0"], "b")]
+        await asyncio.gather(first, *rest)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert run.batches == [["first"], ["a0"], ["b0"], ["a1"], ["a2"], ["a3"]]
+
+
+def test_no_key_holds_more_than_half_of_the_queue(executor: ThreadPoolExecutor) -> None:
+    """A queue of 100: a key's 50th waiting request is taken, its 51st refused naming the
+    share, while another key's still is; without keys one sender may fill it all."""
+    release = threading.Event()
+
+    async def go() -> None:
+        engine = _engine(_Recorder(), executor)
+        engine.start()
+        blocker = executor.submit(release.wait, 10)  # the model is busy: requests wait
+        held = [engine.submit([f"a{i}"], "a") for i in range(50)]
+        with pytest.raises(Overloaded, match=r"this API key has 50 requests waiting on model "
+                                             r"'m', half of its queue \(RNN_MAX_QUEUE\)"):
+            engine.submit(["a50"], "a")
+        other = engine.submit(["b0"], "b")
+        anonymous = [engine.submit([f"x{i}"]) for i in range(49)]  # 100 waiting in all
+        with pytest.raises(Overloaded, match="has 100 requests waiting"):
+            engine.submit(["x49"])
+        release.set()
+        blocker.result()
+        assert len(await asyncio.gather(*held, other, *anonymous)) == 100
+        await engine.stop()
+
+    try:
+        asyncio.run(go())
+    finally:
+        release.set()
+
+
+def test_a_key_flooding_classify_leaves_the_others_their_share(models_dir: Path) -> None:
+    """Key a keeps 40 /classify requests in flight at 0.1 s a batch of one: its half of the
+    queue (16 of 32) is always full. Key b's requests meanwhile wait behind one or two of
+    a's batches (the one running, and one more when a's turn comes first), not behind a
+    whole queue of them (1.6 s), and none is refused."""
+    app = create_app(Settings(models_dir=models_dir, api_keys=["key-a", "key-b"], max_queue=32,
+                              max_batch_size=1))
+    with running_server(app) as url:
+        engine = app.state.registry.get("sentiment", "classify").classify
+        with slowed(engine, 0.1):
+            stop = threading.Event()
+            statuses: list[int] = []
+
+            async def flood() -> None:
+                async with httpx.AsyncClient(base_url=url, timeout=30, headers={
+                        "Authorization": "Bearer key-a"}) as http:
+                    async def one() -> None:
+                        while not stop.is_set():
+                            r = await http.post("/classify", json={"inputs": "x"})
+                            statuses.append(r.status_code)
+                            if r.status_code == 503:
+                                await asyncio.sleep(0.02)
+                    await asyncio.gather(*(one() for _ in range(40)))
+
+            attacker = threading.Thread(target=asyncio.run, args=(flood(),))
+            attacker.start()
+            time.sleep(0.5)
+            latencies, light = [], []
+            with httpx.Client(base_url=url, headers={"Authorization": "Bearer key-b"},
+                              timeout=30) as http:
+                for _ in range(10):
+                    started = time.perf_counter()
+                    light.append(http.post("/classify", json={"inputs": "fine"}).status_code)
+                    latencies.append(time.perf_counter() - started)
+            stop.set()
+            attacker.join()
+    assert light == [200] * 10
+    assert 503 in statuses  # a's requests past its half of the queue were refused
+    assert sorted(latencies)[8] < 0.8, latencies
 
 
 @pytest.mark.parametrize("route", ["/classify", "/score"])

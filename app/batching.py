@@ -159,6 +159,9 @@ class BatchEngine(Generic[T, R]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            # The cancelled task holds its exception, whose traceback holds the collector's
+            # frame and so this engine: let go of it, or only the cyclic GC frees the model.
+            self._task = None
         for line in (self._fresh, self._unfinished):
             while line:
                 pending = line.popleft()

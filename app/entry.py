@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app.allocator import weights_apart
 from app.batching import BatchEngine
 from app.generation.build import make_generator
 from app.generation.service import Generator
@@ -50,8 +51,9 @@ class ModelEntry:
         applies (`Artifact.weights` says)."""
         self.fingerprint = fingerprint(self.folder)
         try:
-            self.artifact = load_artifact(self.folder, device, weights)
-            warm_up(self.artifact, device)
+            with weights_apart():  # a later reload gives this version's memory back
+                self.artifact = load_artifact(self.folder, device, weights)
+                warm_up(self.artifact, device)
             self.status = "ready"
             log.info("loaded model %s (%s, %d parameters, %s weights)", self.name,
                      self.artifact.task, self.artifact.parameters, self.artifact.weights)

@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass.")
     max_wait_ms: float = Field(0.0, ge=0, le=10_000,
                                description="Extra wait for a fuller batch (0: none).")
-    max_queue: int = Field(1024, ge=1, description="Waiting requests per model before 503; with API keys, one key holds "
-                           "half at most.")
+    max_queue: int = Field(1024, ge=1, description=(
+        "Waiting requests per model before 503; with API keys, one key holds half at most."))
     max_active_sequences: int = Field(64, ge=1, le=4096,
                                       description="Sequences generated together per model.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline for a request's wait.")

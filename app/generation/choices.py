@@ -89,6 +89,10 @@ class Finished:
 _Wake = Literal["any", "end"]
 
 
+def _nothing_to_cancel(_: int) -> None:
+    """The cancel of a request whose members have all ended."""
+
+
 class Choices:
     """The generations of one request, consumed as one (see the module's docstring)."""
 
@@ -172,9 +176,13 @@ class Choices:
     def _end(self, member: Generation) -> None:
         member.ended = True
         self._open -= 1
-        if self._open == 0 and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._open == 0:
+            # Members and their Choices refer to each other, a cycle only the cyclic GC
+            # frees: once all have ended, it must not hold the generator (and its model).
+            self._cancel = _nothing_to_cancel
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def _fail(self, error: BaseException) -> None:
         """The request fails with `error` (the first one wins); its other members stop."""

@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -141,12 +142,15 @@ class HygienicProtocol(HttpToolsProtocol):
         path = bytes(getattr(self, "url", b"") or b"").decode("latin-1")
         code, body = render(status, message, dialect_of(path))
         payload = json.dumps(body).encode()
+        request_id = uuid.uuid4().hex  # as every answer carries one (no request got this far)
         head = (f"HTTP/1.1 {code} ".encode() + _REASONS[code] + b"\r\n"
                 b"content-type: application/json\r\n"
                 b"content-length: " + str(len(payload)).encode() + b"\r\n"
+                b"x-request-id: " + request_id.encode() + b"\r\n"
+                b"x-content-type-options: nosniff\r\n"
                 b"connection: close\r\n\r\n")
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        log.info("%s; closing the connection from %s", message, peer)
+        log.info("%s; closing the connection from %s (request id %s)", message, peer, request_id)
         self._in_head = False
         self._disarm_head_timer()
         if not self.transport.is_closing():

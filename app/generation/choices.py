@@ -188,10 +188,11 @@ class Choices:
         """The request fails with `error` (the first one wins); its other members stop."""
         if self._error is None:
             self._error = error
+        cancel = self._cancel  # ending the last member lets go of it
         for member in self.members:
             if not member.ended:
                 self._end(member)
-                self._cancel(member.spec.id)
+                cancel(member.spec.id)
         self._resolve()
 
     def _deadline(self) -> None:

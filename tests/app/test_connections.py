@@ -6,6 +6,7 @@ client that keeps being served."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -77,6 +78,9 @@ def test_a_head_at_the_limit_is_served_and_one_byte_more_is_431(url: str) -> Non
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
     assert b"RNN_MAX_HEADER_BYTES" in answer and b"connection: close" in answer
+    head = answer.partition(b"\r\n\r\n")[0].lower()  # what every answer carries
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", head)
+    assert b"\r\nx-content-type-options: nosniff\r\n" in head
 
 
 def test_a_431_on_v1_is_in_openais_shape(url: str) -> None:

@@ -156,9 +156,21 @@ def test_sighup_reloads_a_default_server_and_its_generation_workers_live_on(
                 "inputs": "ROMEO:", "model": model, "parameters": {"max_new_tokens": 20}})
             assert r.status_code == 200 and len(r.json()["generated_text"]) == 20
         assert all(Path(f"/proc/{pid}").exists() for pid in workers)
+        shutil.copytree(root / "shakespeare", root / "shakespeare-three")
+        os.kill(proc.pid, signal.SIGHUP)
+        while "shakespeare-three" not in _names(url):
+            assert time.monotonic() < deadline, _names(url)
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGHUP)  # each signal rescans: this one finds nothing new
+        time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "generation worker for model shakespeare exited" not in out
+    assert out.count(f"SIGHUP: reloading the models in {root}") == 3
     assert ("SIGHUP: reload done: loaded ['shakespeare-two'], kept ['shakespeare'], "
             "removed ['sentiment'], failed []") in out
+    assert ("SIGHUP: reload done: loaded ['shakespeare-three'], kept ['shakespeare', "
+            "'shakespeare-two'], removed [], failed []") in out
+    assert ("SIGHUP: reload done: loaded [], kept ['shakespeare', 'shakespeare-three', "
+            "'shakespeare-two'], removed [], failed []") in out

@@ -53,6 +53,11 @@ def test_request_id_is_taken_or_made_and_echoed(models_dir: Path) -> None:
         assert given.headers["x-request-id"] == "abc-123"
         made = client.get("/health/live", headers={"X-Request-Id": "bad id\nwith newline"})
         assert len(made.headers["x-request-id"]) == 32
+        longest = "a" * 128  # the limit: taken; one more character: replaced
+        assert client.get("/health/live", headers={"X-Request-Id": longest}).headers[
+            "x-request-id"] == longest
+        replaced = client.get("/health/live", headers={"X-Request-Id": longest + "a"})
+        assert len(replaced.headers["x-request-id"]) == 32
 
 
 def test_json_logs_every_line_with_request_ids_and_no_keys(models_dir: Path,

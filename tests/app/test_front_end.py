@@ -90,6 +90,7 @@ def test_the_request_budget_at_its_value_and_one_past(served: Any) -> None:
     assert _tgi(client, 40, best_of=3).status_code == 200
     over = _tgi(client, 31, best_of=4)
     assert over.status_code == 422 and "= 124 tokens" in over.json()["error"]
+    assert "RNN_MAX_REQUEST_TOKENS" in over.json()["error"]
 
 
 def test_stop_sequences_at_their_limits_and_one_past(served: Any) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,15 +80,19 @@ def wait_until_ready(url: str, proc: subprocess.Popen[bytes], what: str) -> None
 class Server:
     """The real server in a subprocess, with its start-up time and memory."""
 
-    def __init__(self, env: dict[str, str], cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path = ROOT, *, args: Sequence[str] = (),
+                 log: Path | None = None) -> None:
+        """`args`: more uvicorn arguments (`--http app.connections:Protocol`); `log`: a file
+        for the server's output (discarded by default)."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            cwd=cwd, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(log or os.devnull, "wb") as out:  # the server holds its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "warning", "--no-access-log", *args],
+                cwd=cwd, env=os.environ | {"RNN_MODELS_DIR": str(ROOT / "models")} | env,
+                stdout=out, stderr=out)
         wait_until_ready(self.url, self.proc, "server")
         self.startup_s = time.perf_counter() - started
         self.idle_rss_mb = _rss_mb(self.proc.pid)
@@ -188,28 +192,30 @@ def _run_server(name: str, env: dict[str, str], args: argparse.Namespace,
     def rounds(c: int) -> int:
         """Generations per stream client: at least --rounds, and enough that the level runs
         --min-generations in all (one stream's 2 x 128 tokens alone would last 0.3 s)."""
-        return max(1, args.rounds, -(-args.min_generations // c))
+        return int(max(1, args.rounds, -(-args.min_generations // c)))
     # This shared machine's speed drifts by up to 2x within minutes, and interference only
     # ever slows a measurement down. So each level runs `repeats` times, each time followed
     # by its offline limit (the server idle), and the best of each is compared: two figures
     # measured side by side, each at the machine's best moment.
     try:
         for c in args.classify_concurrency:
-            r = _best_of(args.repeats, "texts_per_s",
-                         lambda c=c: _profiled(server.proc.pid, "texts_per_s", lambda: asyncio.run(
-                             classify_load(server.url, texts, c, args.seconds, args.max_requests))),
+            def classify(c: int = c) -> dict[str, Any]:
+                return _profiled(server.proc.pid, "texts_per_s", lambda: asyncio.run(
+                    classify_load(server.url, texts, c, args.seconds, args.max_requests)))
+            r = _best_of(args.repeats, "texts_per_s", classify,
                          lambda: classify_limit(sentiment, texts, 64, seconds=2.0,
                                                 device=args.device, weights=args.weights))
             out["classify"][c] = r
             print(f"  {name} classify c={c}: {r['texts_per_s']:.0f} texts/s "
                   f"(offline {r['offline_texts_per_s']:.0f})", file=sys.stderr)
         for c in args.generate_concurrency:
-            r = _best_of(args.repeats, "tokens_per_s",
-                         lambda c=c: _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
-                             generate_load(server.url, c, args.tokens, rounds(c),
-                                           stream=not args.whole))),
-                         lambda c=c: generate_limit(lm, c, args.tokens, device=args.device,
-                                                    rounds=rounds(c), weights=args.weights))
+            def generate(c: int = c) -> dict[str, Any]:
+                return _profiled(server.proc.pid, "tokens_per_s", lambda: asyncio.run(
+                    generate_load(server.url, c, args.tokens, rounds(c), stream=not args.whole)))
+            def limit(c: int = c) -> float:
+                return generate_limit(lm, c, args.tokens, device=args.device, rounds=rounds(c),
+                                      weights=args.weights)
+            r = _best_of(args.repeats, "tokens_per_s", generate, limit)
             out["generate"][c] = r
             print(f"  {name} generate c={c}: {r['tokens_per_s']:.0f} tokens/s "
                   f"(offline {r['offline_tokens_per_s']:.0f})", file=sys.stderr)

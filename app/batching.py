@@ -147,6 +147,7 @@ class BatchEngine(Generic[T, R]):
         self._fresh: _Line[T, R] = _Line()  # not started: first come, first served
         self._unfinished: _Line[T, R] = _Line()  # started, more to run: in turn
         self._fresh_first = True
+        self._batch: list[_Piece[T, R]] = []  # the batch running now
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -156,6 +157,8 @@ class BatchEngine(Generic[T, R]):
 
     async def stop(self) -> None:
         """Stop the collector; requests still waiting are failed."""
+        for piece in self._batch:  # running: its requests are answered no more
+            _settle(piece.pending, Overloaded(f"model '{self.name}' is shutting down"))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -284,7 +287,7 @@ class BatchEngine(Generic[T, R]):
             items = [item for piece in batch for item in piece.items]
             BATCH_SIZE.labels(self.name).observe(len(items))
             self.batches_run += 1
-            self.running = True
+            self.running, self._batch = True, batch
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, items)
             except Exception as exc:  # a failing batch fails no request yet, nor the collector
@@ -294,7 +297,7 @@ class BatchEngine(Generic[T, R]):
                     await self._run_alone(batch, exc)
                 continue
             finally:
-                self.running = False
+                self.running, self._batch = False, []
             start = 0
             for piece in batch:
                 end = start + len(piece.items)

@@ -28,6 +28,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -49,6 +50,7 @@ class HygienicProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 32 * 1024
     head_timeout_s: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 2048
+    send_timeout_s: ClassVar[float] = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,10 +59,12 @@ class HygienicProtocol(HttpToolsProtocol):
         self._busy = False  # a request in flight: its head is in, its answer not finished
         self._since = time.monotonic()  # when it last became idle or began a head
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # Protocol interface
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._idle_line()[self] = None
         if len(self.connections) > self.max_connections and not self._make_room():
             self._refuse(503, f"the server holds {self.max_connections} connections, each "
                          "with a request in flight (RNN_MAX_CONNECTIONS); retry later")
@@ -68,7 +72,9 @@ class HygienicProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._idle_line().pop(self, None)
         self._disarm_head_timer()
+        self._disarm_send_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -88,22 +94,48 @@ class HygienicProtocol(HttpToolsProtocol):
         elif not self.transport.is_closing():
             super().data_received(data[room:])
 
+    def pause_writing(self) -> None:
+        # The client reads nothing of what is written: whatever waits to write (an answer,
+        # uvicorn's own 500 after the app gave up on it) is let go with the connection.
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._disarm_send_timer()
+        super().resume_writing()
+
     # Parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
         # The count is reset when a head completes: the bytes of the piece being parsed,
         # counted before this call, are this head's.
         self._in_head, self._since = True, time.monotonic()
+        idle = self._idle_line()
+        if self in idle:
+            idle.move_to_end(self)
         if self._head_timer is None:
             self._arm_head_timer()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # What the client sends next is the next request's head: counted, and timed from
+        # its first byte (kept-alive connections included).
+        self._in_head, self._head_bytes = True, 0
+
     def on_headers_complete(self) -> None:
         self._in_head, self._busy, self._head_bytes = False, True, 0
+        self._idle_line().pop(self, None)
         self._disarm_head_timer()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        self._busy, self._since = False, time.monotonic()
+        pipelined = bool(self.pipeline)  # a request that came early starts now
+        self._busy, self._since = pipelined, time.monotonic()
+        if not pipelined and not self.transport.is_closing():
+            self._idle_line()[self] = None
+            if self._in_head and self._head_timer is None:
+                self._arm_head_timer()  # the next head is timed from now
         super().on_response_complete()
 
     # Limits
@@ -115,8 +147,22 @@ class HygienicProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _disarm_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if not self.transport.is_closing():
+            log.info("a client read nothing for %g s (RNN_SEND_TIMEOUT_S); closing its "
+                     "connection", self.send_timeout_s)
+            self.transport.abort()  # close() would wait to write what it will never read
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self._busy:  # a request in flight: the next head is timed once it is answered
+            return
         if not self._in_head or self.transport.is_closing():
             return
         if self._head_bytes == 0:
@@ -125,17 +171,26 @@ class HygienicProtocol(HttpToolsProtocol):
         self._refuse(408, f"the request's head was not received within "
                      f"{self.head_timeout_s:g} s (RNN_HEADER_TIMEOUT_S)")
 
+    def _idle_line(self) -> OrderedDict[HygienicProtocol, None]:
+        """This server's connections with no request in flight, longest idle first (kept in
+        order as they change, so that making room costs no scan of every connection)."""
+        state = self.server_state
+        line: OrderedDict[HygienicProtocol, None] | None = getattr(state, "textrnn_idle", None)
+        if line is None:
+            line = OrderedDict()
+            state.textrnn_idle = line  # type: ignore[attr-defined]
+        return line
+
     def _make_room(self) -> bool:
         """Close the connection that has waited longest without a request in flight;
         whether there was one."""
-        idle = [c for c in self.connections
-                if c is not self and isinstance(c, HygienicProtocol) and not c._busy
-                and not c.transport.is_closing()]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda c: c._since)
-        oldest.transport.close()
-        return True
+        idle = self._idle_line()
+        while (oldest := next((c for c in idle if c is not self), None)) is not None:
+            del idle[oldest]  # the longest idle is first: no scan of every connection
+            if not oldest.transport.is_closing():
+                oldest.transport.close()
+                return True
+        return False
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with the message in the dialect of the path so far, and close."""
@@ -163,7 +218,8 @@ def protocol_for(settings: Settings) -> type[HygienicProtocol]:
     return type("Protocol", (HygienicProtocol,), {
         "max_head_bytes": settings.max_header_bytes,
         "head_timeout_s": settings.header_timeout_s,
-        "max_connections": settings.max_connections})
+        "max_connections": settings.max_connections,
+        "send_timeout_s": settings.send_timeout_s})
 
 
 class Protocol(HygienicProtocol):
@@ -179,5 +235,6 @@ class Protocol(HygienicProtocol):
             cls.max_head_bytes = settings.max_header_bytes
             cls.head_timeout_s = settings.header_timeout_s
             cls.max_connections = settings.max_connections
+            cls.send_timeout_s = settings.send_timeout_s
             cls._loaded = True
         super().__init__(*args, **kwargs)

@@ -185,4 +185,5 @@ def _preflight(scope: Scope, settings: Settings) -> bool:
 
 async def _send_413(send: Send, limit: int, path: str) -> None:
     await send_error(send, BodyTooLarge(f"request body is over the limit of {limit} bytes "
-                                         "(RNN_MAX_BODY_BYTES)"), path)
+                                         "(RNN_MAX_BODY_BYTES)"), path,
+                     {"Connection": "close"})  # the rest of the body is not read

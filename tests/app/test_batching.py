@@ -172,6 +172,25 @@ def test_a_piece_that_fails_alone_fails_its_request_only(executor: ThreadPoolExe
     assert isinstance(bad, InvalidInput)
 
 
+def test_stopping_answers_the_requests_of_the_batch_running(executor: ThreadPoolExecutor) -> None:
+    """A model retired while a batch runs: its requests get 503 (Overloaded), not silence."""
+    run = _Recorder(pause_s=0.3)
+
+    async def go() -> BaseException | None:
+        engine = _engine(run, executor)
+        engine.start()
+        request = engine.submit(["a"])
+        await asyncio.sleep(0.05)  # its batch is running
+        await engine.stop()
+        try:
+            await asyncio.wait_for(request, 2)
+        except Overloaded as e:
+            return e
+        return None
+
+    assert isinstance(asyncio.run(go()), Overloaded)
+
+
 def test_senders_take_turns_whatever_each_has_waiting(executor: ThreadPoolExecutor) -> None:
     """One request per batch: key a queues four while the first runs, then key b one; b's
     goes second, not after all of a's."""

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from app.connections import HygienicProtocol
 from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import running_server, server_process, slowed_steps
@@ -83,6 +85,25 @@ def test_a_head_at_the_limit_is_served_and_one_byte_more_is_431(url: str) -> Non
     assert b"\r\nx-content-type-options: nosniff\r\n" in head
 
 
+def test_the_head_limit_holds_on_a_kept_alive_connection_too(url: str) -> None:
+    """The second request of a connection: at the limit it is served, one byte more 431."""
+    with _connect(url) as sock:
+        sock.sendall(_head_of_size(100))
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(_head_of_size(HEAD_LIMIT))
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(_head_of_size(HEAD_LIMIT + 1))
+        assert _answer(sock).startswith(b"HTTP/1.1 431")
+
+
+def test_a_partial_second_head_gets_408(url: str) -> None:
+    with _connect(url) as sock:
+        sock.sendall(_head_of_size(100))
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+        assert _answer(sock).startswith(b"HTTP/1.1 408")
+
+
 def test_a_431_on_v1_is_in_openais_shape(url: str) -> None:
     with _connect(url) as sock:
         sock.sendall(_head_of_size(HEAD_LIMIT + 1, "/v1/models"))
@@ -143,6 +164,26 @@ def test_idle_connections_make_room_for_a_client_with_a_request(url: str) -> Non
             sock.close()
 
 
+def test_the_connection_idle_longest_makes_room_not_one_just_served(url: str) -> None:
+    """8 silent connections, then one that is served (idle since), then 8 more silent: the
+    17th connection past the limit of 16 closes the first silent one; the served connection
+    keeps its place and is served again (all within the 1 s head timeout)."""
+    request = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+    early = [_connect(url) for _ in range(8)]
+    kept = _connect(url)
+    late: list[socket.socket] = []
+    try:
+        kept.sendall(request)
+        assert _answer(kept).startswith(b"HTTP/1.1 200")
+        late = [_connect(url) for _ in range(8)]
+        assert _answer(early[0]) == b""  # closed to make room
+        kept.sendall(request)
+        assert _answer(kept).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in [*early, kept, *late]:
+            sock.close()
+
+
 def test_when_every_connection_is_busy_one_more_gets_503(served: tuple[str, Any]) -> None:
     url, app = served
     body = b'{"inputs":"ROMEO:","parameters":{"max_new_tokens":300}}'
@@ -200,6 +241,49 @@ def test_a_stream_nobody_reads_is_cancelled_after_the_send_timeout(models_dir: P
                 pass
     assert received.startswith(b"HTTP/1.1 200")
     assert len(received) < 64 * 1000 * 200  # far from the whole answer
+
+
+def test_clients_that_read_nothing_cannot_hold_their_connections(
+        models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clients ask for a 4 MB /score answer and then another answer on the same
+    connection, and read nothing: the second answer cannot even start. After RNN_SEND_TIMEOUT_S both
+    connections are let go (else each would hold a place under RNN_MAX_CONNECTIONS as busy,
+    for good)."""
+    app = create_app(Settings(models_dir=models_dir, send_timeout_s=1.0,
+                              generation_worker="thread"))
+    held: list[socket.socket] = []
+    opened: list[HygienicProtocol] = []
+    made = HygienicProtocol.connection_made
+    body = json.dumps({"inputs": ["to be or not " * 307] * 16, "parameters": {"details": True}})
+    big = (b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+
+    def note(protocol: HygienicProtocol, transport: Any) -> None:
+        opened.append(protocol)
+        made(protocol, transport)
+    monkeypatch.setattr(HygienicProtocol, "connection_made", note)
+    with running_server(app) as url:
+        parts = urlsplit(url)
+        try:
+            for _ in range(2):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect((parts.hostname, parts.port))
+                sock.sendall(big)  # one write of 4 MB: it is written whole, into buffers
+                time.sleep(1.0)
+                sock.setblocking(False)
+                with suppress(BlockingIOError):
+                    sock.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                held.append(sock)
+            deadline = time.monotonic() + 10
+            while open_ := [p for p in opened if p in p.connections]:
+                assert time.monotonic() < deadline, f"{len(open_)} still held"
+                time.sleep(0.1)
+            with httpx.Client(base_url=url, timeout=5) as client:
+                assert client.get("/health").status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_a_bare_uvicorn_named_with_the_protocol_reads_the_limits_from_the_environment(

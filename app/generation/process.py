@@ -122,10 +122,13 @@ class ProcessTransport:
             self._close()
             dead, self._process = self._process, None  # a replacement may start meanwhile
             self._reaping = asyncio.get_running_loop().create_task(reap(dead, 5.0))
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_exception(RuntimeError("the generation worker exited at start"))
-            else:
+            ready = self._ready
+            if ready is not None and not ready.done():
+                ready.set_exception(RuntimeError("the generation worker exited at start"))
+            elif ready is None or ready.cancelled() or ready.exception() is None:
                 self._on_lost(f"worker {self.pid} exited")
+            # else: it reported why it could not start, and exits; the start has failed with
+            # that reason, which the restart reports (not a loss of a running worker)
 
     async def stop(self) -> None:
         """Tell the worker to stop after its current turn, and wait for it (off the loop)."""

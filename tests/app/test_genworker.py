@@ -251,6 +251,8 @@ def test_a_worker_that_cannot_start_backs_off_and_refuses_at_once(
         time.sleep(max(0.0, lost + 3.0 - time.monotonic()))
         # waits of 0.2, 0.4, 0.8, 1.6 s: at most four tries in the first three seconds
         assert 1 <= generator.restarts <= 4, generator.restarts
+        reason = http.get("/models/shakespeare").json()["generation"]
+        assert "restart failed" in reason, reason  # why the new worker could not start
         weights.write_bytes(whole)
         deadline = time.monotonic() + 30
         while generator.restarting and time.monotonic() < deadline:

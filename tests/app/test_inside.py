@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -267,17 +267,23 @@ def _slow_occlusion(runs: list[int], pieces: int = 10, each_s: float = 0.15) -> 
     return occlusion_pieces
 
 
+def _explaining(pool: ThreadPoolExecutor, client: TestClient, runs: list[int]) -> Future[Any]:
+    """An occlusion /explain sent from `pool`, once its first piece has run."""
+    explaining = pool.submit(client.post, "/explain",
+                             json={"inputs": "a good film", "method": "occlusion"})
+    deadline = time.monotonic() + 10
+    while not runs:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return explaining
+
+
 def test_the_models_batches_go_between_the_pieces_of_a_long_look_inside(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[int] = []
     monkeypatch.setattr("app.inside.occlusion_pieces", _slow_occlusion(runs))  # 1.5 s in all
     with ThreadPoolExecutor(1) as pool:
-        explaining = pool.submit(client.post, "/explain",
-                                 json={"inputs": "a good film", "method": "occlusion"})
-        deadline = time.monotonic() + 10
-        while not runs:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        explaining = _explaining(pool, client, runs)
         started = time.perf_counter()
         r = client.post("/classify", json={"inputs": "fine"})  # the same model's batch
         waited = time.perf_counter() - started
@@ -311,12 +317,7 @@ def test_a_reload_lets_a_look_inside_finish_on_the_version_it_began_on(
     shutil.copytree(models_dir, models)
     app = create_app(Settings(models_dir=models, admin_keys=["admin"], generation_worker="thread"))
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
-        explaining = pool.submit(c.post, "/explain",
-                                 json={"inputs": "a good film", "method": "occlusion"})
-        deadline = time.monotonic() + 10
-        while not runs:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        explaining = _explaining(pool, c, runs)
         weights = models / "sentiment" / "model.safetensors"
         weights.write_bytes(weights.read_bytes())  # a new version of the same model
         reload = c.post("/admin/reload", headers={"Authorization": "Bearer admin"})

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections import OrderedDict
 from typing import Any, ClassVar
@@ -57,7 +56,6 @@ class HygienicProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True  # between a request's first byte (or the connection) and its head
         self._busy = False  # a request in flight: its head is in, its answer not finished
-        self._since = time.monotonic()  # when it last became idle or began a head
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
 
@@ -110,7 +108,7 @@ class HygienicProtocol(HttpToolsProtocol):
         super().on_message_begin()
         # The count is reset when a head completes: the bytes of the piece being parsed,
         # counted before this call, are this head's.
-        self._in_head, self._since = True, time.monotonic()
+        self._in_head = True
         idle = self._idle_line()
         if self in idle:
             idle.move_to_end(self)
@@ -131,7 +129,7 @@ class HygienicProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # a request that came early starts now
-        self._busy, self._since = pipelined, time.monotonic()
+        self._busy = pipelined
         if not pipelined and not self.transport.is_closing():
             self._idle_line()[self] = None
             if self._in_head and self._head_timer is None:

@@ -22,7 +22,7 @@ from app.inside import explain, memory, units
 from app.inside_schemas import ExplainRequest, MemoryRequest, Span, UnitsRequest
 from bench.run import ROOT
 from textrnn.artifact import Artifact, load_artifact
-from textrnn.pieces import Pieces
+from textrnn.pieces import Pieces, step
 
 SPEECH = ("PROSPERO:\nThou liest, malignant thing! Hast thou forgot\nThe foul witch Sycorax, "
           "who with age and envy\nWas grown into a hoop? hast thou forgot her?\n\n"
@@ -34,16 +34,13 @@ def _measure(name: str, artifact: Artifact, work: Any, body: BaseModel) -> dict[
     pieces: Pieces[BaseModel] = work(artifact, body)
     times: list[float] = []
     started = time.perf_counter()
-    while True:
+    finished = False
+    while not finished:
         t = time.perf_counter()
         with torch.inference_mode():
-            try:
-                next(pieces)
-            except StopIteration as done:
-                answer = done.value
-                times.append(time.perf_counter() - t)
-                break
+            finished, answer = step(pieces)
         times.append(time.perf_counter() - t)
+    assert answer is not None
     total = time.perf_counter() - started
     return {"request": name, "pieces": len(times), "total_s": round(total, 3),
             "longest_ms": round(max(times) * 1000, 1),

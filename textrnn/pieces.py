@@ -11,17 +11,25 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TypeVar
 
-__all__ = ["Pieces", "finish"]
+__all__ = ["Pieces", "finish", "step"]
 
 T = TypeVar("T")
 
 Pieces = Generator[None, None, T]  # each next() runs one piece; the return value is the result
 
 
+def step(pieces: Pieces[T]) -> tuple[bool, T | None]:
+    """Run the next piece: (True, the result) after the last, else (False, None)."""
+    try:
+        next(pieces)
+    except StopIteration as done:
+        return True, done.value
+    return False, None
+
+
 def finish(pieces: Pieces[T]) -> T:
     """Run every piece, here and now: the result."""
     while True:
-        try:
-            next(pieces)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        done, result = step(pieces)
+        if done:
+            return result  # type: ignore[return-value]

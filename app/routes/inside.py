@@ -37,7 +37,7 @@ from app.limits import check_chars
 from app.registry import Registry
 from app.settings import Settings
 from textrnn.artifact import Artifact
-from textrnn.pieces import Pieces
+from textrnn.pieces import Pieces, step
 
 __all__ = ["INSIDE_MAX_PENDING", "install_inside", "router"]
 
@@ -134,11 +134,7 @@ async def _in_pieces(pieces: Pieces[BaseModel], executor: Executor) -> BaseModel
 def _advance(pieces: Pieces[BaseModel]) -> tuple[bool, BaseModel | None]:
     """Run one piece in inference mode: (True, the answer) after the last."""
     with torch.inference_mode():
-        try:
-            next(pieces)
-        except StopIteration as done:
-            return True, done.value
-    return False, None
+        return step(pieces)
 
 
 async def _within(job: Awaitable[BaseModel], settings: Settings) -> BaseModel:
